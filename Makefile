@@ -1,0 +1,30 @@
+# The README's commands. `make setup` builds .venv from nothing; `make test` runs every test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-fast lint demo clean
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch/torchvision pinned explicitly so pip never reaches for a newer (CUDA, multi-GB) build.
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -e ".[all]"
+	# LibAUC is only the reference for the iSogCLR parity test; its loss module needs torch and numpy alone.
+	$(BIN)/pip install --no-deps "libauc==2.0.1"
+
+test:
+	$(BIN)/pytest -q
+
+test-fast:
+	$(BIN)/pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check .
+
+demo:
+	$(BIN)/mmembed train recipes/demo.yaml
+
+clean:
+	rm -rf runs data/demo

@@ -1,0 +1,33 @@
+"""Data part of a recipe: shard sources, batching and per-modality decoding options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ShardSource:
+    """One shard list. `urls` accepts brace patterns ("data/train-{000000..000009}.tar") or paths."""
+
+    urls: list[str] = MISSING
+    weight: float = 1.0
+    # Number of samples in this source; None reads sizes.json next to the shards when present.
+    num_samples: int | None = None
+
+
+@dataclass
+class DataConfig:
+    train: list[ShardSource] = field(default_factory=list)
+    batch_size: int = 64
+    num_workers: int = 2
+    # Resampled shards (with replacement, per worker and rank) for training; plain iteration for eval.
+    resampled: bool = True
+    shuffle_buffer: int = 1000
+    # Which sample keys feed each modality ("jpg;png;webp" tries them in order).
+    image_keys: str = "jpg;jpeg;png;webp"
+    text_keys: str = "txt;text;caption"
+    audio_keys: str = "flac;wav;ogg;mp3"
+    # Audio clips are decoded, downmixed, resampled to the audio tower's rate and cropped/padded to this.
+    audio_seconds: float = 1.0

@@ -1,0 +1,38 @@
+"""Evaluation part of a recipe: zero-shot classification and retrieval sets, run during and after training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ZeroShotTask:
+    """Classify `modality` samples from `urls` into the class names in `classnames` (one per line)."""
+
+    name: str = MISSING
+    modality: str = "image"
+    urls: list[str] = MISSING
+    classnames: str = MISSING
+    # Sample key holding the integer class label.
+    label_key: str = "cls"
+    # "openai" | "simple" | "audio", or an explicit list of templates with "{}" for the class name.
+    templates: list[str] = field(default_factory=lambda: ["openai"])
+    text_modality: str = "text"
+
+
+@dataclass
+class RetrievalTask:
+    name: str = MISSING
+    urls: list[str] = MISSING
+    a: str = "image"
+    b: str = "text"
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    batch_size: int = 128
+    zeroshot: list[ZeroShotTask] = field(default_factory=list)
+    retrieval: list[RetrievalTask] = field(default_factory=list)

@@ -1,0 +1,58 @@
+"""Model part of a recipe: which modalities, their towers and heads, and which pairs are trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TowerSpec:
+    """A registered tower and its arguments (validated against that tower's own config dataclass)."""
+
+    type: str = MISSING
+    args: dict[str, Any] = field(default_factory=dict)
+    # LiT-style: freeze the whole tower, then re-enable parameters whose names match any `unfreeze` regex.
+    freeze: bool = False
+    unfreeze: list[str] = field(default_factory=list)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class HeadSpec:
+    """Projection from tower features to `embed_dim`: `linear`, `mlp` or `identity`."""
+
+    type: str = "linear"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModalityConfig:
+    tower: TowerSpec = field(default_factory=TowerSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+
+
+@dataclass
+class PairConfig:
+    """One trained modality pair, e.g. image-text with infonce. Each pair owns its logit scale (and bias)."""
+
+    a: str = MISSING
+    b: str = MISSING
+    loss: str = "infonce"
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)
+    # None: the loss's own default (CLIP: ln(1/0.07), no bias; SigLIP: ln 10 and bias -10).
+    logit_scale_init: float | None = None
+    logit_bias_init: float | None = None
+    learn_logit_scale: bool = True
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    pairs: list[PairConfig] = field(default_factory=list)
+    # Upper clamp of every learned logit scale (CLIP: 100), applied after each optimizer step.
+    max_logit_scale: float = 100.0

@@ -1,0 +1,35 @@
+"""Training part of a recipe: optimisation, schedule, precision, checkpoints and logging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    # Cosine decay to min_lr_ratio * lr at the last step.
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    # Regex -> lr multiplier, first match wins (big_vision style), e.g. {"^towers\\.text\\.": 0.1}.
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    # "no" | "bf16" | "fp16"
+    precision: str = "no"
+    # Contrastive accumulation (open_clip --accum-freq): keeps the full set of negatives.
+    accum_freq: int = 1
+    compile: bool = False
+    channels_last: bool = False
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    # "skip" drops the step; "abort" stops the run.
+    on_nonfinite: str = "skip"
