@@ -33,3 +33,13 @@ class TrainConfig:
     keep_last: int = 2
     # "skip" drops the step; "abort" stops the run.
     on_nonfinite: str = "skip"
+    # DDP: needed when some trainable parameter gets no gradient in a step (e.g. a modality absent).
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        choices = {"precision": ("no", "bf16", "fp16"), "on_nonfinite": ("skip", "abort")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.accum_freq < 1:
+            raise ValueError(f"train.accum_freq must be >= 1, got {self.accum_freq}")

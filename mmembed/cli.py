@@ -1,0 +1,77 @@
+"""`mmembed` command line: one subcommand per job; recipes carry the experiment settings, not flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from mmembed.config import load_recipe
+    from mmembed.train import Trainer
+
+    config = load_recipe(args.recipe, args.overrides)
+    result = Trainer(config, resume=args.resume).fit()
+    print(f"finished at step {result.step}; checkpoint and logs in {result.run_dir}")
+    return 0
+
+
+@command("eval")
+def _eval(args: argparse.Namespace) -> int:
+    from mmembed.eval import run_eval_command
+
+    run_eval_command(
+        checkpoint_dir=Path(args.checkpoint), task=args.task, data=args.data,
+        classnames=Path(args.classnames) if args.classnames else None, templates=args.templates,
+        modality=args.modality, pair=args.pair, plot_dir=Path(args.plot) if args.plot else None,
+        batch_size=args.batch_size,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmembed", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a recipe (runs under `accelerate launch` too)")
+    train.add_argument("recipe", help="recipes/*.yaml")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
+    train.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+
+    ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint")
+    ev.add_argument("checkpoint", help="run dir, checkpoint dir or model dir")
+    ev.add_argument("--task", choices=["zeroshot", "retrieval"], required=True)
+    ev.add_argument("--data", nargs="+", required=True, help="shard urls (brace patterns allowed)")
+    ev.add_argument("--classnames", help="zero-shot: file with one class name per line")
+    ev.add_argument("--templates", default="openai", help="openai | simple | audio")
+    ev.add_argument("--modality", default="image", help="zero-shot: modality to classify")
+    ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
+    ev.add_argument("--plot", help="folder for PNG plots")
+    ev.add_argument("--batch-size", type=int, default=128)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

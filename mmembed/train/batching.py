@@ -1,0 +1,38 @@
+"""Moving and merging dict batches (tensors, nested dicts of tensors, lists of keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    return batch
+
+
+def merge_batches(batches: list[Any]) -> Any:
+    """Concatenate micro-batches along the batch axis, recursively (used by contrastive accumulation)."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches, dim=0) if first.ndim else first
+    if isinstance(first, dict):
+        return {k: merge_batches([b[k] for b in batches]) for k in first}
+    if isinstance(first, list):
+        return [item for b in batches for item in b]
+    return first
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+        if isinstance(value, dict):
+            inner = batch_size_of(value)
+            if inner:
+                return inner
+    return 0
