@@ -34,5 +34,10 @@ class RetrievalTask:
 class EvalConfig:
     every: int = 0
     batch_size: int = 128
+    num_workers: int = 0
+    # Recall@k cut-offs reported for every retrieval task, in both directions.
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # Queries scored per block against all candidates: memory is chunk x N, never N x N.
+    retrieval_chunk_size: int = 1024
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     retrieval: list[RetrievalTask] = field(default_factory=list)

@@ -1,0 +1,137 @@
+"""`mmembed eval`: evaluate a saved model on shards given on the command line, print a table, plot.
+
+The command-line arguments are turned into a one-task EvalConfig, so the CLI runs exactly the code path
+that evaluation during training runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.eval.evaluate import LoaderFactory, TaskResult, run_tasks
+from mmembed.eval.plots import plot_confusion_matrix, plot_training_curves
+from mmembed.eval.table import format_table
+from mmembed.eval.templates import PLACEHOLDER
+
+CLASSNAMES_FILE = "classnames.txt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class EvalRequest:
+    """The command-line arguments that describe one task."""
+
+    data: list[str]
+    classnames: Path | None
+    templates: str
+    modality: str
+    pair: str
+    batch_size: int
+
+    @property
+    def task_name(self) -> str:
+        # Shards usually live in a folder named after the set (data/demo/val-*.tar -> "demo").
+        return Path(self.data[0]).parent.name or "eval"
+
+
+def parse_templates_arg(arg: str) -> list[str]:
+    """A file (one template per line), a literal template with "{}", or comma-separated set names."""
+    path = Path(arg)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if PLACEHOLDER in arg:
+        return [arg]
+    return [name.strip() for name in arg.split(",") if name.strip()]
+
+
+def _classnames_path(request: EvalRequest) -> Path:
+    if request.classnames is not None:
+        return request.classnames
+    beside = Path(request.data[0]).parent / CLASSNAMES_FILE
+    if not beside.is_file():
+        raise FileNotFoundError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} "
+                                f"next to the shards (looked for {beside})")
+    return beside
+
+
+def _zeroshot_config(request: EvalRequest) -> EvalConfig:
+    task = ZeroShotTask(name=request.task_name, modality=request.modality, urls=list(request.data),
+                        classnames=str(_classnames_path(request)),
+                        templates=parse_templates_arg(request.templates))
+    return EvalConfig(batch_size=request.batch_size, zeroshot=[task])
+
+
+def _retrieval_config(request: EvalRequest) -> EvalConfig:
+    parts = [p.strip() for p in request.pair.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
+                         f"got {request.pair!r}")
+    task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1])
+    return EvalConfig(batch_size=request.batch_size, retrieval=[task])
+
+
+TASK_CONFIGS: dict[str, Callable[[EvalRequest], EvalConfig]] = {
+    "zeroshot": _zeroshot_config,
+    "retrieval": _retrieval_config,
+}
+
+
+def find_metrics_log(checkpoint_dir: Path) -> Path | None:
+    """The run's metrics.jsonl: in the given folder or an ancestor (run/checkpoints/step_N/model)."""
+    for folder in [checkpoint_dir, *list(checkpoint_dir.resolve().parents)[:4]]:
+        if (folder / METRICS_FILE).is_file():
+            return folder / METRICS_FILE
+    return None
+
+
+def write_plots(results: list[TaskResult], checkpoint_dir: Path, plot_dir: Path) -> list[Path]:
+    written = []
+    for result in results:
+        if result.confusion is not None and result.classnames is not None:
+            out = plot_dir / f"confusion_{result.name}.png"
+            written.append(plot_confusion_matrix(result.confusion, result.classnames, out))
+    metrics_log = find_metrics_log(checkpoint_dir)
+    if metrics_log is not None:
+        written.append(plot_training_curves(metrics_log, plot_dir / "training_curves.png"))
+    return written
+
+
+def run_eval_command(
+    checkpoint_dir: Path,
+    task: str,
+    data: list[str],
+    classnames: Path | None,
+    templates: str,
+    modality: str,
+    pair: str,
+    plot_dir: Path | None,
+    batch_size: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    loader_factory: LoaderFactory | None = None,
+) -> dict[str, float]:
+    """Load the model in `checkpoint_dir`, run one zero-shot or retrieval task, print and return metrics."""
+    from mmembed.checkpoint import load_model
+
+    if task not in TASK_CONFIGS:
+        raise ValueError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
+    if not data:
+        raise ValueError("no eval data given: pass shard urls")
+    request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size)
+    eval_cfg = TASK_CONFIGS[task](request)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_model(checkpoint_dir)
+    model.to(device)
+    results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
+    metrics = {name: value for result in results for name, value in result.metrics.items()}
+    print(format_table(metrics))
+    if plot_dir is not None:
+        for path in write_plots(results, Path(checkpoint_dir), Path(plot_dir)):
+            print(f"wrote {path}")
+    return metrics
