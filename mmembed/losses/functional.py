@@ -141,7 +141,8 @@ def _tiled_weighted_rows(
     return lse - scale * (anchors * mixed).sum(1) / total_weight
 
 
-def _direction(direction: str) -> tuple[bool, bool]:
+def cwcl_direction(direction: str) -> tuple[bool, bool]:
+    """(is U→V weighted, is V→U weighted) for a direction name; raises on an unknown name."""
     if direction not in CWCL_DIRECTIONS:
         choices = ", ".join(CWCL_DIRECTIONS)
         raise ValueError(f"unknown CWCL direction '{direction}'; expected one of {choices}")
@@ -153,7 +154,7 @@ def _cwcl_terms(
     weighted: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
     """½[U→V + V→U]; each term is CWCL-weighted or plain InfoNCE as `direction` says."""
-    weighted_u, weighted_v = _direction(direction)
+    weighted_u, weighted_v = cwcl_direction(direction)
     all_p, all_q = gather_with_grad(p), gather_with_grad(q)
     term_u = weighted(p, all_q) if weighted_u else _ce_rows(p, all_q, q, scale, None, tile)
     term_v = weighted(q, all_p) if weighted_v else _ce_rows(q, all_p, p, scale, None, tile)
