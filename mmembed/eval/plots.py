@@ -135,17 +135,17 @@ def plot_temperature_histogram(
                                  f"but counts have {counts.size}")
     fig = Figure(figsize=(11.0 if counts is not None else 5.5, 4.0), layout="constrained")
     axes = fig.subplots(1, 2 if counts is not None else 1, squeeze=False).ravel()
-    for name, tau in arrays.items():
-        axes[0].hist(tau, bins=50, alpha=0.6, label=f"{name} (mean {tau.mean():.4g})")
+    for i, (name, tau) in enumerate(arrays.items()):
+        axes[0].hist(tau, bins=50, alpha=0.6, color=f"C{i}", label=f"{name} (mean {tau.mean():.4g})")
     axes[0].set_xlabel("temperature τ")
     axes[0].set_ylabel("samples")
     axes[0].legend(fontsize=8)
     if counts is not None:
-        for name, tau in arrays.items():
-            axes[1].scatter(counts, tau, s=4, alpha=0.3, label=name)
-            visits, slot = np.unique(counts, return_inverse=True)
+        visits, slot = np.unique(counts, return_inverse=True)
+        for i, (name, tau) in enumerate(arrays.items()):
+            axes[1].scatter(counts, tau, s=4, alpha=0.3, color=f"C{i}", label=name)
             mean_tau = np.bincount(slot, weights=tau) / np.bincount(slot)
-            axes[1].plot(visits, mean_tau, marker="o", markersize=3)
+            axes[1].plot(visits, mean_tau, marker="o", markersize=3, color=f"C{i}", label=f"{name}: mean")
         axes[1].set_xlabel("times the sample was visited")
         axes[1].set_ylabel("temperature τ")
         axes[1].legend(fontsize=8)
