@@ -12,6 +12,7 @@ class ShardSource:
     """One shard list. `urls` accepts brace patterns ("data/train-{000000..000009}.tar") or paths."""
 
     urls: list[str] = MISSING
+    # Resampled mode: relative probability that the next shard is drawn from this source.
     weight: float = 1.0
     # Number of samples in this source; None reads sizes.json next to the shards when present.
     num_samples: int | None = None
@@ -22,12 +23,15 @@ class DataConfig:
     train: list[ShardSource] = field(default_factory=list)
     batch_size: int = 64
     num_workers: int = 2
-    # Resampled shards (with replacement, per worker and rank) for training; plain iteration for eval.
+    # true: shards drawn with replacement per rank and worker (open_clip's ResampledShards), weights apply.
+    # false: each epoch reads every shard once, order seeded by (seed, epoch), split disjointly over ranks
+    # then workers; needs at least world_size x num_workers shards.
     resampled: bool = True
     shuffle_buffer: int = 1000
     # Which sample keys feed each modality ("jpg;png;webp" tries them in order).
     image_keys: str = "jpg;jpeg;png;webp"
-    text_keys: str = "txt;text;caption"
+    # A "json" member is read as an object with a "caption" or "text" field.
+    text_keys: str = "txt;text;caption;json"
     audio_keys: str = "flac;wav;ogg;mp3"
     # Audio clips are decoded, downmixed, resampled to the audio tower's rate and cropped/padded to this.
     audio_seconds: float = 1.0

@@ -1,0 +1,1 @@
+"""Offline tools that write WebDataset shards for mmembed (run as `python -m data_tools.<tool>`)."""

@@ -1,0 +1,128 @@
+"""DataLoader factories: an endless, resumable training stream and a single-pass evaluation stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmembed.config.data import DataConfig
+from mmembed.data.plans import EpochPlan, ResampledPlan, ShardPlan, SinglePassPlan, check_enough_shards
+from mmembed.data.samples import Preprocessor, SampleDecoder, parse_key_list
+from mmembed.data.sources import check_local_shards, expand_urls
+from mmembed.data.stream import BatchStream, StreamSpec
+
+
+def build_train_loader(
+    cfg: DataConfig,
+    preprocessors: Mapping[str, Preprocessor],
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    resume: Mapping[str, Any] | None = None,
+    extra_keys: Sequence[str] = (),
+) -> DataLoader:
+    """Endless dict batches for step-based training (DESIGN.md section 1 "Batches").
+
+    Each batch also carries `__worker__`, `__consumed__` (raw samples that worker has pulled, corrupt ones
+    included) and `__skipped__` (what that worker has skipped so far). Record the latest `__consumed__` per
+    worker and pass `resume={"consumed": {worker: n}}` to continue the identical stream; this requires the
+    same seed, rank, world_size and num_workers.
+    """
+    _check_positive(batch_size=batch_size, world_size=world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if not cfg.train:
+        raise ValueError("data.train lists no shard sources")
+    sources = [expand_urls(source.urls) for source in cfg.train]
+    check_local_shards([url for urls in sources for url in urls])
+    spec = StreamSpec(
+        plan=_train_plan(cfg, sources, world_size), decoder=_decoder(cfg, preprocessors, extra_keys),
+        batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+        shuffle_buffer=cfg.shuffle_buffer, resume=resume_positions(resume, cfg.num_workers),
+        max_empty_shards=2 * sum(len(urls) for urls in sources) + 8,
+    )
+    return _dataloader(BatchStream(spec), cfg.num_workers, seed)
+
+
+def build_eval_loader(
+    urls: list[str],
+    preprocessors: Mapping[str, Preprocessor],
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    extra_keys: Sequence[str] = ("cls",),
+    cfg: DataConfig | None = None,
+) -> DataLoader:
+    """Every sample of `urls` exactly once: no shuffling, no resampling, last batch possibly smaller.
+
+    With num_workers=0 samples come in shard and file order; with more workers shards are dealt
+    round-robin to workers and batches interleave in worker order (still deterministic). `cfg` only
+    supplies the member keys per modality (defaults: DataConfig()).
+    """
+    _check_positive(batch_size=batch_size)
+    shards = expand_urls(urls)
+    check_local_shards(shards)
+    spec = StreamSpec(
+        plan=SinglePassPlan(tuple(shards)), decoder=_decoder(cfg or DataConfig(), preprocessors, extra_keys),
+        batch_size=batch_size, seed=0, final_partial_batch=True,
+    )
+    return _dataloader(BatchStream(spec), num_workers, 0)
+
+
+def _train_plan(cfg: DataConfig, sources: list[list[str]], world_size: int) -> ShardPlan:
+    weights = [float(source.weight) for source in cfg.train]
+    if cfg.resampled:
+        return ResampledPlan(tuple(tuple(urls) for urls in sources), tuple(weights))
+    if len(set(weights)) > 1:
+        # An epoch visits every sample once, which leaves no room for weights.
+        raise ValueError(f"data.train weights {weights} need data.resampled: true; with resampled: false "
+                         "every shard is read once per epoch")
+    urls = [url for source_urls in sources for url in source_urls]
+    check_enough_shards(len(urls), world_size, cfg.num_workers)
+    return EpochPlan(tuple(urls))
+
+
+def _decoder(cfg: DataConfig, preprocessors: Mapping[str, Preprocessor],
+             extra_keys: Sequence[str]) -> SampleDecoder:
+    if not preprocessors:
+        raise ValueError("no preprocessors: name at least one modality to load")
+    keys = {"image": cfg.image_keys, "text": cfg.text_keys, "audio": cfg.audio_keys}
+    return SampleDecoder(dict(preprocessors), {m: parse_key_list(spec) for m, spec in keys.items()},
+                         tuple(extra_keys))
+
+
+def resume_positions(resume: Mapping[str, Any] | None, num_workers: int) -> dict[int, int]:
+    """`{"consumed": {worker: n}}` -> {worker: n}, checked against this loader's worker count."""
+    if not resume:
+        return {}
+    unknown = sorted(set(resume) - {"consumed"})
+    if unknown:
+        raise ValueError(f"resume has unknown fields {unknown}; expected {{'consumed': {{worker: count}}}}")
+    workers = max(num_workers, 1)
+    positions = {int(worker): int(count) for worker, count in dict(resume.get("consumed", {})).items()}
+    bad = {w: n for w, n in positions.items() if not 0 <= w < workers or n < 0}
+    if bad:
+        raise ValueError(f"resume positions {bad} do not fit {workers} data workers (ids 0..{workers - 1}, "
+                         "counts >= 0); exact resume needs the same data.num_workers as the interrupted run")
+    return positions
+
+
+def _dataloader(stream: BatchStream, num_workers: int, seed: int) -> DataLoader:
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        # A private generator: worker base seeds are then not drawn from (and do not advance) the global RNG.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")

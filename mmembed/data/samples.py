@@ -1,0 +1,105 @@
+"""Raw sample (member bytes) -> preprocessed sample: pick keys, decode, run the towers' preprocessors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
+from mmembed.data.rng import seeded_global_rngs
+from mmembed.data.tar_samples import RawSample
+
+# A per-sample preprocessor from the towers: PIL image | str | (waveform, sample_rate) -> tensor(s).
+Preprocessor = Callable[[Any], Any]
+# (member bytes, member extension) -> the value a modality's preprocessor receives.
+MemberDecoder = Callable[[bytes, str], Any]
+
+
+
+def _image_member(data: bytes, ext: str) -> Any:
+    return decode_image(data)  # PIL sniffs the format from the bytes; the extension may lie
+
+
+def _audio_member(data: bytes, ext: str) -> Any:
+    return decode_audio(data)
+
+
+MODALITY_DECODERS: dict[str, MemberDecoder] = {
+    "image": _image_member,
+    "text": decode_text,
+    "audio": _audio_member,
+}
+
+# The sample key holding the global dataset index (ASCII decimal); samples without it get -1.
+INDEX_KEY = "idx"
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used (missing or corrupt member); the reason names what is wrong."""
+
+
+@dataclass(frozen=True)
+class SampleDecoder:
+    """Turns one raw sample into {modality: preprocessed value, "index": int, extra key: int, "__key__"}.
+
+    `keys[modality]` lists the member extensions tried in order ("jpg", "png", ...). Every modality in
+    `preprocessors` and every `extra_keys` entry is required: a sample lacking one is skipped, never
+    padded. Decoding failures raise SkipSample; preprocessor failures are bugs and propagate.
+    """
+
+    preprocessors: Mapping[str, Preprocessor]
+    keys: Mapping[str, Sequence[str]]
+    extra_keys: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.preprocessors if m not in MODALITY_DECODERS]
+        if unknown:
+            raise ValueError(f"no decoder for modalities {unknown}; known: {sorted(MODALITY_DECODERS)}")
+        no_keys = [m for m in self.preprocessors if not self.keys.get(m)]
+        if no_keys:
+            raise ValueError(f"no sample keys configured for modalities {no_keys}")
+
+    def __call__(self, raw: RawSample, sample_seed: int) -> dict[str, Any]:
+        members = {m: self._member(raw, m) for m in self.preprocessors}
+        sample: dict[str, Any] = {"__key__": raw["__key__"]}
+        sample["index"] = _int_member(raw, INDEX_KEY) if INDEX_KEY in raw else -1
+        for name in self.extra_keys:
+            if name not in raw:
+                raise SkipSample(f"missing key '{name}'")
+            sample[name] = _int_member(raw, name)
+        decoded = {}
+        for modality, (ext, data) in members.items():
+            try:
+                decoded[modality] = MODALITY_DECODERS[modality](data, ext)
+            except DecodeError as err:
+                raise SkipSample(f"{modality} member '{ext}': {err}") from err
+        with seeded_global_rngs(sample_seed):
+            for modality, value in decoded.items():
+                sample[modality] = self._preprocess(modality, value, raw["__key__"])
+        return sample
+
+    def _member(self, raw: RawSample, modality: str) -> tuple[str, bytes]:
+        for ext in self.keys[modality]:
+            if ext in raw:
+                return ext, raw[ext]
+        present = sorted(k for k in raw if not k.startswith("__"))
+        raise SkipSample(f"missing {modality} (none of {list(self.keys[modality])}; has {present})")
+
+    def _preprocess(self, modality: str, value: Any, key: str) -> Any:
+        try:
+            return self.preprocessors[modality](value)
+        except Exception as err:
+            raise RuntimeError(f"{modality} preprocessor failed on sample {key}: {err}") from err
+
+
+def _int_member(raw: RawSample, name: str) -> int:
+    try:
+        return decode_int(raw[name])
+    except DecodeError as err:
+        raise SkipSample(f"key '{name}': {err}") from err
+
+
+def parse_key_list(spec: str) -> tuple[str, ...]:
+    """"jpg;png" -> ("jpg", "png"): the member extensions tried in order."""
+    return tuple(part.strip().lower() for part in spec.split(";") if part.strip())

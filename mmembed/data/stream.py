@@ -1,0 +1,124 @@
+"""The per-worker batch stream: shard plan -> raw samples -> shuffle -> (resume skip) -> decode -> batch.
+
+Position bookkeeping: every raw sample leaving the shuffle buffer gets a position n = 0, 1, 2, ... in
+its worker's stream, corrupt ones included. A batch reports `__consumed__` = positions used so far, so a
+resumed worker skips exactly that many raw samples (without decoding them) and continues where the
+interrupted run stopped. Sample n's augmentations are seeded from (seed, rank, worker, epoch, n), so they
+do not depend on what was skipped either.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mmembed.data.collate import collate_samples
+from mmembed.data.plans import ShardPlan, WorkerSlot
+from mmembed.data.rng import derive_rng, derive_seed
+from mmembed.data.samples import SampleDecoder, SkipSample
+from mmembed.data.stats import SkipStats
+from mmembed.data.tar_samples import RawSample, shard_samples
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    plan: ShardPlan
+    decoder: SampleDecoder
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    shuffle_buffer: int = 0
+    # worker id -> raw samples to skip (resume).
+    resume: Mapping[int, int] = field(default_factory=dict)
+    # Evaluation yields the last, smaller batch; training streams never end.
+    final_partial_batch: bool = False
+    # Consecutive shards without a single sample after which the data is declared broken.
+    max_empty_shards: int = 64
+
+
+def shuffled(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
+    """A shuffle buffer of `size` items (webdataset-style), drawing only from `rng`; size <= 1 keeps order."""
+    if size <= 1:
+        yield from items
+        return
+    buffer: list[T] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def worker_identity() -> tuple[int, int]:
+    """(worker id, number of workers) inside a DataLoader worker; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class BatchStream(IterableDataset):
+    """Yields finished dict batches (the DataLoader runs with batch_size=None)."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = worker_identity()
+        spec = self.spec
+        slot = WorkerSlot(spec.seed, spec.rank, spec.world_size, worker, num_workers)
+        stats = SkipStats(worker=worker)
+        skip = spec.resume.get(worker, 0)
+        position = 0
+        pending: list[dict[str, Any]] = []
+        for epoch, raw in self._raw_stream(slot, stats):
+            position += 1
+            if position <= skip:
+                continue
+            try:
+                seed = derive_seed(spec.seed, "sample", spec.rank, worker, epoch, position - 1)
+                pending.append(spec.decoder(raw, seed))
+            except SkipSample as err:
+                stats.skip_sample(raw["__key__"], raw["__url__"], str(err))
+                continue
+            if len(pending) == spec.batch_size:
+                yield self._batch(pending, worker, position, stats)
+                pending = []
+        if pending and spec.final_partial_batch:
+            yield self._batch(pending, worker, position, stats)
+
+    def _batch(self, samples: list[dict[str, Any]], worker: int, consumed: int,
+               stats: SkipStats) -> dict[str, Any]:
+        decoder = self.spec.decoder
+        batch = collate_samples(samples, list(decoder.preprocessors), decoder.extra_keys)
+        batch.update(__worker__=worker, __consumed__=consumed, __skipped__=stats.skipped)
+        return batch
+
+    def _raw_stream(self, slot: WorkerSlot, stats: SkipStats) -> Iterator[tuple[int, RawSample]]:
+        empty_run = [0]
+        for epoch, urls in self.spec.plan.epochs(slot):
+            rng = derive_rng(slot.seed, "sample-shuffle", slot.rank, slot.worker, epoch)
+            for raw in shuffled(self._read(urls, stats, empty_run), self.spec.shuffle_buffer, rng):
+                yield epoch, raw
+
+    def _read(self, urls: Iterator[str], stats: SkipStats, empty_run: list[int]) -> Iterator[RawSample]:
+        for url in urls:
+            count = 0
+            for raw in shard_samples(url, stats):
+                count += 1
+                yield raw
+            # Resampling forever over shards that hold nothing would spin silently; fail loudly instead.
+            empty_run[0] = 0 if count else empty_run[0] + 1
+            if empty_run[0] > self.spec.max_empty_shards:
+                raise RuntimeError(f"data worker {stats.worker}: the last {empty_run[0]} shards read "
+                                   f"(latest {url}) held no samples; the shards are empty or unreadable")
