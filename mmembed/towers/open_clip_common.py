@@ -15,6 +15,7 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.factory import load_state_dict
 from torch import nn
 
 
@@ -92,8 +93,11 @@ def load_tower_checkpoint(
     """Load the tower's part of a local checkpoint (.pt/.bin/.safetensors) strictly into `module`."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{tower}: pretrained checkpoint not found: {path} (local files only)")
-    state = select(open_clip.load_state_dict(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    state = select(load_state_dict(path))
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{tower}: checkpoint {path} does not match the configured tower: {err}") from err
     if missing or unexpected:
         raise ValueError(f"{tower}: checkpoint {path} does not match the configured tower; "
                          f"missing keys {sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}")
