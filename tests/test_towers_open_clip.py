@@ -69,7 +69,7 @@ def test_mismatched_checkpoint_is_reported(tmp_path: Path) -> None:
     torch.save(_clip().state_dict(), tmp_path / "c.pt")
     ckpt = str(tmp_path / "c.pt")
     wider = dict(TINY_VIT, width=64)
-    with pytest.raises(ValueError, match=r"open_clip_vision: .* size mismatch for conv1\.weight"):
+    with pytest.raises(ValueError, match=r"(?s)open_clip_vision: .*size mismatch for conv1\.weight"):
         TOWERS.build("open_clip_vision", {"vision_cfg": wider, "embed_dim": 24, "pretrained": ckpt})
     torch.save({k: v for k, v in _clip().visual.state_dict().items() if k != "proj"}, tmp_path / "v.pt")
     ckpt = str(tmp_path / "v.pt")
