@@ -14,14 +14,19 @@ import soundfile as sf
 import torch
 import webdataset as wds
 from PIL import Image
+from safetensors.torch import save_file
 
-from mmembed.checkpoint import save_model_dir
+import mmembed.losses.isogclr  # noqa: F401  (registers the "isogclr" loss whose state is plotted)
+from mmembed.checkpoint import save_model_dir, state_to_safetensors
 from mmembed.config import ExperimentConfig, structured_from_dict
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.config.model import PairConfig
 from mmembed.eval import evaluate, resolve_templates, run_eval_command
+from mmembed.eval.cli import read_temperature_tables
 from mmembed.eval.templates import render
 from mmembed.eval.zeroshot import zero_shot_metrics
 from mmembed.model import build_model
+from mmembed.train.objective import Objective
 
 CLASSNAMES = ["red circle", "blue square", "green triangle"]
 SAMPLE_RATE = 16000
@@ -141,11 +146,31 @@ def test_evaluate_real_model_matches_direct_computation(setup) -> None:
             brute_recall(texts.numpy(), images.numpy(), k))
 
 
+def write_isogclr_state(path: Path, num_samples: int) -> None:
+    """The loss state a training checkpoint stores, from the real Objective with an iSogCLR pair."""
+    pair = PairConfig(a="image", b="text", loss="isogclr", args={"num_samples": num_samples})
+    objective = Objective([pair])
+    table = objective.losses["image__text"].state
+    table.tau_image.uniform_(0.005, 0.05)
+    table.visits.random_(0, 4)
+    save_file(state_to_safetensors(objective), str(path))
+
+
+def test_temperature_tables_are_read_from_the_objective_state(tmp_path: Path) -> None:
+    write_isogclr_state(tmp_path / "objective.safetensors", 9)
+    tables = read_temperature_tables(tmp_path / "objective.safetensors")
+    assert list(tables) == ["losses.image__text.state"]
+    taus, counts = tables["losses.image__text.state"]
+    assert sorted(taus) == ["image", "text"] and np.allclose(taus["text"], 0.01)
+    assert counts is not None and counts.shape == (9,)
+
+
 def test_run_eval_command_on_a_saved_checkpoint(setup, tmp_path: Path, capsys) -> None:
     model, config, urls, samples, _ = setup
     run_dir = tmp_path / "run"
     save_model_dir(run_dir / "checkpoints" / "step_00000010" / "model", model, config)
     (run_dir / "checkpoints" / "LATEST").write_text("step_00000010\n")
+    write_isogclr_state(run_dir / "checkpoints" / "step_00000010" / "objective.safetensors", len(samples))
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-3})
                                                      for s in (1, 2, 3)) + "\n")
     common = {"checkpoint_dir": run_dir, "data": urls, "classnames": None, "plot_dir": tmp_path / "plots",
@@ -163,7 +188,8 @@ def test_run_eval_command_on_a_saved_checkpoint(setup, tmp_path: Path, capsys) -
         brute_recall(images.numpy(), texts.numpy(), 1))
     printed = capsys.readouterr().out
     assert "zeroshot/data" in printed and "text_to_image_R@10" in printed
-    for png in ("confusion_data.png", "training_curves.png"):
+    pngs = ("confusion_data.png", "training_curves.png", "temperatures_losses_image__text_state.png")
+    for png in pngs:
         assert (tmp_path / "plots" / png).stat().st_size > 1000
     with pytest.raises(ValueError, match="--pair"):
         run_eval_command(task="retrieval", templates="openai", modality="image",

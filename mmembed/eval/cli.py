@@ -10,16 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.numpy import load_file
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
 from mmembed.eval.evaluate import LoaderFactory, TaskResult, run_tasks
-from mmembed.eval.plots import plot_confusion_matrix, plot_training_curves
+from mmembed.eval.plots import plot_confusion_matrix, plot_temperature_histogram, plot_training_curves
 from mmembed.eval.table import format_table
 from mmembed.eval.templates import PLACEHOLDER
 
 CLASSNAMES_FILE = "classnames.txt"
 METRICS_FILE = "metrics.jsonl"
+# A training checkpoint keeps the loss state next to its model/ folder (mmembed.train.checkpointing).
+OBJECTIVE_FILE = "objective.safetensors"
+# Per-sample temperature tables (iSogCLR's SampleTable): `<module>.tau_<anchor>` and `<module>.visits`.
+TAU_PREFIX = "tau_"
+VISITS_NAME = "visits"
+
+TemperatureTables = dict[str, tuple[dict[str, np.ndarray], np.ndarray | None]]
 
 
 @dataclass
@@ -89,15 +98,33 @@ def find_metrics_log(checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def write_plots(results: list[TaskResult], checkpoint_dir: Path, plot_dir: Path) -> list[Path]:
+def read_temperature_tables(objective_file: Path) -> TemperatureTables:
+    """{module: ({anchor: tau [N]}, visit counts [N] or None)} from a checkpoint's loss state."""
+    state = load_file(str(objective_file))
+    tables: TemperatureTables = {}
+    for key, value in state.items():
+        module, _, name = key.rpartition(".")
+        if name.startswith(TAU_PREFIX) and value.ndim == 1:
+            taus, _ = tables.setdefault(module, ({}, state.get(f"{module}.{VISITS_NAME}")))
+            taus[name[len(TAU_PREFIX) :]] = value
+    return tables
+
+
+def write_plots(results: list[TaskResult], model_dir: Path, plot_dir: Path) -> list[Path]:
+    """Confusion matrices of zero-shot tasks, plus the run's training curves and learned temperatures."""
     written = []
     for result in results:
         if result.confusion is not None and result.classnames is not None:
             out = plot_dir / f"confusion_{result.name}.png"
             written.append(plot_confusion_matrix(result.confusion, result.classnames, out))
-    metrics_log = find_metrics_log(checkpoint_dir)
+    metrics_log = find_metrics_log(model_dir)
     if metrics_log is not None:
         written.append(plot_training_curves(metrics_log, plot_dir / "training_curves.png"))
+    objective_file = model_dir.parent / OBJECTIVE_FILE
+    if objective_file.is_file():
+        for module, (taus, counts) in read_temperature_tables(objective_file).items():
+            out = plot_dir / f"temperatures_{module.replace('.', '_')}.png"
+            written.append(plot_temperature_histogram(taus, counts, out))
     return written
 
 
@@ -117,7 +144,7 @@ def run_eval_command(
     loader_factory: LoaderFactory | None = None,
 ) -> dict[str, float]:
     """Load the model in `checkpoint_dir`, run one zero-shot or retrieval task, print and return metrics."""
-    from mmembed.checkpoint import load_model
+    from mmembed.checkpoint import load_model, resolve_model_dir
 
     if task not in TASK_CONFIGS:
         raise ValueError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
@@ -132,6 +159,6 @@ def run_eval_command(
     metrics = {name: value for result in results for name, value in result.metrics.items()}
     print(format_table(metrics))
     if plot_dir is not None:
-        for path in write_plots(results, Path(checkpoint_dir), Path(plot_dir)):
+        for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
             print(f"wrote {path}")
     return metrics
