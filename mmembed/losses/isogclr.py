@@ -267,6 +267,17 @@ class ISogCLRConfig:
     beta: float = 0.9
 
 
+def _validate(cfg: ISogCLRConfig) -> None:
+    who = "isogclr"
+    if cfg.num_samples < 1:
+        raise ValueError(f"{who}: num_samples must be >= 1, got {cfg.num_samples}")
+    check_range(who, "tau_min", cfg.tau_min, 1e-6, cfg.tau_max)
+    check_range(who, "tau_init", cfg.tau_init, cfg.tau_min, cfg.tau_max)
+    check_range(who, "gamma", cfg.gamma, 1e-6, 1.0)
+    check_range(who, "beta", cfg.beta, 0.0, 1.0)
+    check_range(who, "eta", cfg.eta, 0.0, float("inf"))
+
+
 @dataclass
 class TemperatureTables:
     """Detached copies of the learned temperatures and visit counts, for a τ-vs-frequency histogram."""
@@ -276,42 +287,42 @@ class TemperatureTables:
     visits: torch.Tensor
 
 
+@LOSSES.register("isogclr", ISogCLRConfig)
 class ISogCLRLoss(IndexedPairLoss):
-    """iSogCLR with per-sample τ (image anchors) and τ' (text anchors); see the module docstring."""
+    """iSogCLR with per-sample τ (image anchors) and τ' (text anchors); see the module docstring.
 
-    def __init__(self, num_samples: int, tau_init: float = 0.01, tau_min: float = 0.005,
+    Direct use: `ISogCLRLoss(num_samples, tau_init=..., ...)`. The registry builds it from a recipe as
+    `ISogCLRLoss(ISogCLRConfig(...))`; a config passed first is the whole configuration.
+    """
+
+    def __init__(self, num_samples: int | ISogCLRConfig, tau_init: float = 0.01, tau_min: float = 0.005,
                  tau_max: float = 0.05, rho: float = 6.0, gamma: float = 0.9, eta: float = 0.01,
                  beta: float = 0.9) -> None:
         super().__init__()
-        who = "isogclr"
-        if num_samples < 1:
-            raise ValueError(f"{who}: num_samples must be >= 1, got {num_samples}")
-        check_range(who, "tau_min", tau_min, 1e-6, tau_max)
-        check_range(who, "tau_init", tau_init, tau_min, tau_max)
-        check_range(who, "gamma", gamma, 1e-6, 1.0)
-        check_range(who, "beta", beta, 0.0, 1.0)
-        check_range(who, "eta", eta, 0.0, float("inf"))
-        self.num_samples, self.tau_min, self.tau_max = num_samples, tau_min, tau_max
-        self.rho, self.gamma, self.eta, self.beta = rho, gamma, eta, beta
-        initial = {}
-        for side in SIDES:
-            initial.update({f"tau_{side}": tau_init, f"s_{side}": 0.0, f"b_{side}": 0.0, f"u_{side}": 0.0})
-        self.state = SampleTable(num_samples, initial)
+        cfg = num_samples if isinstance(num_samples, ISogCLRConfig) else ISogCLRConfig(
+            num_samples, tau_init, tau_min, tau_max, rho, gamma, eta, beta)
+        _validate(cfg)
+        self.config = cfg
+        # τ starts at tau_init; s, b and the momentum u at 0 (a first visit uses γ = 1, so s = 0 drops out).
+        initial = {f"{k}_{side}": cfg.tau_init if k == "tau" else 0.0
+                   for side in SIDES for k in ("tau", "s", "b", "u")}
+        self.state = SampleTable(cfg.num_samples, initial)
         self._objective: torch.Tensor | None = None
 
     def terms(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_inputs("isogclr", x, y, index, self.num_samples)
+        cfg = self.config
+        check_inputs("isogclr", x, y, index, cfg.num_samples)
         with full_precision(x):
             index = index.to(device=x.device, dtype=torch.long)
             diffs = pair_differences(promote(x), promote(y))
             prev = self.state.read(index)
             first = self.state.first_visit(index)
             stats = {side: dro_statistics(getattr(diffs, side), prev[f"tau_{side}"], diffs.positives,
-                                          prev[f"b_{side}"], prev[f"s_{side}"], first, self.gamma, self.rho)
+                                          prev[f"b_{side}"], prev[f"s_{side}"], first, cfg.gamma, cfg.rho)
                      for side in SIDES}
             loss = 0.5 * sum(weighted_surrogate(stats[side], getattr(diffs, side)) for side in SIDES)
             # F's batch estimate: Σ_sides mean_i τ_i (log s_i + ρ), with log s = log(s·exp(-b)) + b.
-            self._objective = sum((prev[f"tau_{side}"] * (stats[side].s.log() + stats[side].b + self.rho))
+            self._objective = sum((prev[f"tau_{side}"] * (stats[side].s.log() + stats[side].b + cfg.rho))
                                   .mean() for side in SIDES).detach()
             if self.training:
                 self.state.write(index, self._new_rows(prev, stats))
@@ -319,10 +330,10 @@ class ISogCLRLoss(IndexedPairLoss):
 
     def _new_rows(self, prev: dict[str, torch.Tensor], stats: dict[str, DROStats]) -> dict[str, torch.Tensor]:
         """τ step: momentum u ← (1-β)u + β ∂τ, then projected descent τ ← clamp(τ - η u, τ_min, τ_max)."""
-        rows = {}
+        cfg, rows = self.config, {}
         for side in SIDES:
-            u = (1.0 - self.beta) * prev[f"u_{side}"] + self.beta * stats[side].grad_tau
-            tau = (prev[f"tau_{side}"] - self.eta * u).clamp(self.tau_min, self.tau_max)
+            u = (1.0 - cfg.beta) * prev[f"u_{side}"] + cfg.beta * stats[side].grad_tau
+            tau = (prev[f"tau_{side}"] - cfg.eta * u).clamp(cfg.tau_min, cfg.tau_max)
             rows.update({f"tau_{side}": tau, f"u_{side}": u, f"s_{side}": stats[side].s,
                          f"b_{side}": stats[side].b})
         return rows
@@ -344,7 +355,3 @@ class ISogCLRLoss(IndexedPairLoss):
         return out
 
 
-@LOSSES.register("isogclr", ISogCLRConfig)
-def build_isogclr(cfg: ISogCLRConfig) -> ISogCLRLoss:
-    return ISogCLRLoss(cfg.num_samples, cfg.tau_init, cfg.tau_min, cfg.tau_max, cfg.rho, cfg.gamma, cfg.eta,
-                       cfg.beta)

@@ -87,24 +87,29 @@ class TempNetConfig:
     gamma: float = 0.8
 
 
+def _validate(cfg: TempNetConfig) -> None:
+    who = "tempnet"
+    for name in ("embed_dim", "num_samples", "num_prototypes"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{who}: {name} must be >= 1, got {getattr(cfg, name)}")
+    check_range(who, "tau_min", cfg.tau_min, 1e-6, cfg.tau_max)
+    check_range(who, "gamma", cfg.gamma, 1e-6, 1.0)
+    check_range(who, "dropout", cfg.dropout, 0.0, 1.0 - 1e-6)
+
+
+@LOSSES.register("tempnet", TempNetConfig)
 class TempNetLoss(IndexedPairLoss):
     """Robust contrastive loss with network-predicted τ; terms {"loss", "temperature"} (see module doc)."""
 
-    def __init__(self, embed_dim: int, num_samples: int, num_prototypes: int = 256, dropout: float = 0.5,
-                 tau_min: float = 0.005, tau_max: float = 0.05, rho: float = 8.0, gamma: float = 0.8) -> None:
+    def __init__(self, config: TempNetConfig) -> None:
         super().__init__()
-        who = "tempnet"
-        for name, value in (("embed_dim", embed_dim), ("num_samples", num_samples),
-                            ("num_prototypes", num_prototypes)):
-            if value < 1:
-                raise ValueError(f"{who}: {name} must be >= 1, got {value}")
-        check_range(who, "tau_min", tau_min, 1e-6, tau_max)
-        check_range(who, "gamma", gamma, 1e-6, 1.0)
-        check_range(who, "dropout", dropout, 0.0, 1.0 - 1e-6)
-        self.num_samples, self.rho, self.gamma = num_samples, rho, gamma
-        self.tau_nets = nn.ModuleDict(
-            {side: TemperatureNet(embed_dim, num_prototypes, tau_min, tau_max, dropout) for side in SIDES})
-        self.state = SampleTable(num_samples, {f"{k}_{side}": 0.0 for side in SIDES for k in ("s", "b")})
+        _validate(config)
+        self.config = config
+        self.tau_nets = nn.ModuleDict({side: TemperatureNet(config.embed_dim, config.num_prototypes,
+                                                            config.tau_min, config.tau_max, config.dropout)
+                                       for side in SIDES})
+        tables = {f"{k}_{side}": 0.0 for side in SIDES for k in ("s", "b")}
+        self.state = SampleTable(config.num_samples, tables)
         self._last_tau: dict[str, torch.Tensor] = {}
 
     def predict_tau(self, side: str, embedding: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,8 @@ class TempNetLoss(IndexedPairLoss):
             return self.tau_nets[side](promote(embedding))
 
     def terms(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_inputs("tempnet", x, y, index, self.num_samples)
+        cfg = self.config
+        check_inputs("tempnet", x, y, index, cfg.num_samples)
         with full_precision(x):
             index = index.to(device=x.device, dtype=torch.long)
             x, y = promote(x), promote(y)
@@ -124,7 +130,7 @@ class TempNetLoss(IndexedPairLoss):
             prev = self.state.read(index)
             first = self.state.first_visit(index)
             stats = {side: dro_statistics(getattr(diffs, side), tau[side].detach(), diffs.positives,
-                                          prev[f"b_{side}"], prev[f"s_{side}"], first, self.gamma, self.rho)
+                                          prev[f"b_{side}"], prev[f"s_{side}"], first, cfg.gamma, cfg.rho)
                      for side in SIDES}
             loss = sum(weighted_surrogate(stats[side], getattr(diffs, side)) for side in SIDES)
             temperature = sum((stats[side].grad_tau * tau[side]).mean() for side in SIDES)
@@ -143,7 +149,3 @@ class TempNetLoss(IndexedPairLoss):
         return out
 
 
-@LOSSES.register("tempnet", TempNetConfig)
-def build_tempnet(cfg: TempNetConfig) -> TempNetLoss:
-    return TempNetLoss(cfg.embed_dim, cfg.num_samples, cfg.num_prototypes, cfg.dropout, cfg.tau_min,
-                       cfg.tau_max, cfg.rho, cfg.gamma)
