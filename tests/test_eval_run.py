@@ -178,3 +178,25 @@ def test_eval_config_fields_parse_from_a_recipe_dict() -> None:
                       "templates": ["audio", "a clip of {}."]}],
     })
     assert cfg.retrieval_ks == [1, 3] and cfg.zeroshot[0].templates == ["audio", "a clip of {}."]
+
+
+def test_cli_arguments_become_an_eval_config(tmp_path) -> None:
+    from mmembed.eval.cli import TASK_CONFIGS, EvalRequest, parse_templates_arg
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "classnames.txt").write_text("a\nb\n")  # demo layout: one folder above the split
+    (tmp_path / "prompts.txt").write_text("a photo of {}.\n\nthe {}, drawn.\n")
+    assert parse_templates_arg(str(tmp_path / "prompts.txt")) == ["a photo of {}.", "the {}, drawn."]
+    assert parse_templates_arg("a clip of {}, loud.") == ["a clip of {}, loud."]
+    assert parse_templates_arg("simple, audio") == ["simple", "audio"]
+    shards = [str(tmp_path / "val" / "val-{000..001}.tar")]
+    request = EvalRequest(shards, None, templates="audio", modality="audio", pair="image,text", batch_size=8)
+    cfg = TASK_CONFIGS["zeroshot"](request)
+    task = cfg.zeroshot[0]
+    assert (task.name, task.modality, task.templates) == ("val", "audio", ["audio"])
+    assert task.classnames == str(tmp_path / "classnames.txt") and cfg.batch_size == 8
+    retrieval = TASK_CONFIGS["retrieval"](request).retrieval[0]
+    assert (retrieval.a, retrieval.b) == ("image", "text")
+    (tmp_path / "classnames.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="--classnames"):
+        TASK_CONFIGS["zeroshot"](request)

@@ -61,11 +61,14 @@ def parse_templates_arg(arg: str) -> list[str]:
 def _classnames_path(request: EvalRequest) -> Path:
     if request.classnames is not None:
         return request.classnames
-    beside = Path(request.data[0]).parent / CLASSNAMES_FILE
-    if not beside.is_file():
-        raise FileNotFoundError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} "
-                                f"next to the shards (looked for {beside})")
-    return beside
+    # The demo data keeps classnames.txt one level above its split folders (OUT/val/val-*.tar).
+    shard_dir = Path(request.data[0]).parent
+    candidates = [shard_dir / CLASSNAMES_FILE, shard_dir.parent / CLASSNAMES_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} next "
+                            f"to the shards or one folder up (looked for {', '.join(map(str, candidates))})")
 
 
 def _zeroshot_config(request: EvalRequest) -> EvalConfig:
