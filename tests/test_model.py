@@ -1,4 +1,4 @@
-"""MultiModalModel: unit embeddings, per-pair logit scales, freezing, weight-decay names, tri-modal batches."""
+"""MultiModalModel: unit embeddings, per-pair logit scales, freezing, weight-decay names, tri-modal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mmembed.model import MultiModalModel, build_model
 CLIP_DEFAULTS = {"infonce": (math.log(1 / 0.07), None), "siglip": (math.log(10.0), -10.0)}
 
 
-def fake_free_defaults(name: str) -> tuple[float, float | None]:
+def fixed_defaults(name: str) -> tuple[float, float | None]:
     return CLIP_DEFAULTS[name]
 
 
@@ -43,7 +43,7 @@ def tri_modal_cfg(**overrides: Any) -> ModelConfig:
 
 def tri_modal(**overrides: Any) -> MultiModalModel:
     torch.manual_seed(0)
-    return build_model(tri_modal_cfg(**overrides), loss_defaults=fake_free_defaults)
+    return build_model(tri_modal_cfg(**overrides), loss_defaults=fixed_defaults)
 
 
 def random_batch(model: MultiModalModel, batch: int = 4) -> dict[str, Any]:
@@ -113,8 +113,8 @@ def test_head_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="unknown activation 'swoosh'"):
         build_head(HeadSpec(type="mlp", args={"activation": "swoosh"}), in_dim=8, embed_dim=4)
     with pytest.raises(ValueError, match=r"model\.modalities\.image\.head: .*identity head"):
-        build_model(tri_modal_cfg(**{"modalities.image.tower.args": {"vision_cfg": TINY_VIT, "embed_dim": 16}}),
-                    loss_defaults=fake_free_defaults)
+        narrow = {"modalities.image.tower.args": {"vision_cfg": TINY_VIT, "embed_dim": 16}}
+        build_model(tri_modal_cfg(**narrow), loss_defaults=fixed_defaults)
 
 
 def test_logit_scales_per_pair_and_clamp() -> None:
@@ -231,9 +231,9 @@ def test_grad_checkpointing_from_tower_spec() -> None:
 
 def test_build_model_rejects_empty_and_bad_specs() -> None:
     with pytest.raises(ValueError, match="at least one modality"):
-        build_model(ModelConfig(), loss_defaults=fake_free_defaults)
+        build_model(ModelConfig(), loss_defaults=fixed_defaults)
     bad = ModelConfig(modalities={"image": ModalityConfig(tower=TowerSpec(type="open_clip_vision",
                                                                           args={"vison_cfg": {}}))},
                       pairs=[PairConfig(a="image", b="text")])
     with pytest.raises(ValueError, match="unknown modality 'text'"):
-        build_model(bad, loss_defaults=fake_free_defaults)
+        build_model(bad, loss_defaults=fixed_defaults)
