@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from omegaconf import MISSING
@@ -230,7 +229,7 @@ class IndexedPairLoss(PairLoss):
         index_or_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
         ctx: LossContext | None = None,
-    ) -> Any:
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         if ctx is None:
             return torch.stack(list(self.terms(x, y, index_or_scale).values())).sum()
         return self.terms(x, y, _index_from_context(type(self).__name__, ctx, x.device))
