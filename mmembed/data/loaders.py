@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from mmembed.config.data import DataConfig
 from mmembed.data.plans import EpochPlan, ResampledPlan, ShardPlan, SinglePassPlan, check_enough_shards
+from mmembed.data.resume import ResumableDataLoader, parse_resume
 from mmembed.data.samples import Preprocessor, SampleDecoder, parse_key_list
 from mmembed.data.sources import check_local_shards, expand_urls
 from mmembed.data.stream import BatchStream, StreamSpec
@@ -30,8 +31,10 @@ def build_train_loader(
 
     Each batch also carries `__worker__`, `__consumed__` (raw samples that worker has pulled, corrupt ones
     included) and `__skipped__` (what that worker has skipped so far). Record the latest `__consumed__` per
-    worker and pass `resume={"consumed": {worker: n}}` to continue the identical stream; this requires the
-    same seed, rank, world_size and num_workers.
+    worker and the last batch's `__worker__`, and pass
+    `resume={"consumed": {worker: n}, "next_worker": (last_worker + 1) % num_workers}` to continue the
+    identical stream (see mmembed.data.resume); this requires the same seed, rank, world_size and
+    num_workers. Without `next_worker` the order is exact only after a multiple of num_workers batches.
     """
     _check_positive(batch_size=batch_size, world_size=world_size)
     if not 0 <= rank < world_size:
@@ -40,13 +43,14 @@ def build_train_loader(
         raise ValueError("data.train lists no shard sources")
     sources = [expand_urls(source.urls) for source in cfg.train]
     check_local_shards([url for urls in sources for url in urls])
+    point = parse_resume(resume, cfg.num_workers)
     spec = StreamSpec(
         plan=_train_plan(cfg, sources, world_size), decoder=_decoder(cfg, preprocessors, extra_keys),
         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-        shuffle_buffer=cfg.shuffle_buffer, resume=resume_positions(resume, cfg.num_workers),
+        shuffle_buffer=cfg.shuffle_buffer, resume=point.consumed,
         max_empty_shards=2 * sum(len(urls) for urls in sources) + 8,
     )
-    return _dataloader(BatchStream(spec), cfg.num_workers, seed)
+    return _dataloader(BatchStream(spec), cfg.num_workers, seed, first_worker=point.next_worker)
 
 
 def build_eval_loader(
@@ -96,27 +100,12 @@ def _decoder(cfg: DataConfig, preprocessors: Mapping[str, Preprocessor],
                          tuple(extra_keys))
 
 
-def resume_positions(resume: Mapping[str, Any] | None, num_workers: int) -> dict[int, int]:
-    """`{"consumed": {worker: n}}` -> {worker: n}, checked against this loader's worker count."""
-    if not resume:
-        return {}
-    unknown = sorted(set(resume) - {"consumed"})
-    if unknown:
-        raise ValueError(f"resume has unknown fields {unknown}; expected {{'consumed': {{worker: count}}}}")
-    workers = max(num_workers, 1)
-    positions = {int(worker): int(count) for worker, count in dict(resume.get("consumed", {})).items()}
-    bad = {w: n for w, n in positions.items() if not 0 <= w < workers or n < 0}
-    if bad:
-        raise ValueError(f"resume positions {bad} do not fit {workers} data workers (ids 0..{workers - 1}, "
-                         "counts >= 0); exact resume needs the same data.num_workers as the interrupted run")
-    return positions
-
-
-def _dataloader(stream: BatchStream, num_workers: int, seed: int) -> DataLoader:
+def _dataloader(stream: BatchStream, num_workers: int, seed: int, first_worker: int = 0) -> DataLoader:
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    return DataLoader(
-        stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+    return ResumableDataLoader(
+        stream, first_worker=first_worker, batch_size=None, num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
         # A private generator: worker base seeds are then not drawn from (and do not advance) the global RNG.
         generator=torch.Generator().manual_seed(seed),
     )

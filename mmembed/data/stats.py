@@ -28,7 +28,9 @@ class SkipStats:
         self._record("member", f"tar member {name} of {url}", reason)
 
     def shard_error(self, url: str, error: BaseException) -> None:
-        self._record("shard", f"tar data in {url}", str(error))
+        # webdataset appends the stream and URL to an exception's args; the first arg is the message.
+        message = error.args[0] if error.args else ""
+        self._record("shard", f"tar data in {url}", f"{type(error).__name__}: {message}")
 
     def _record(self, kind: str, what: str, reason: str) -> None:
         self.skipped += 1
