@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["zeroshot", "retrieval"], required=True)
     ev.add_argument("--data", nargs="+", required=True, help="shard urls (brace patterns allowed)")
     ev.add_argument("--classnames", help="zero-shot: file with one class name per line")
-    ev.add_argument("--templates", default="openai", help="openai | simple | audio")
+    ev.add_argument("--templates", default="openai",
+                    help="set names (openai, simple, audio; comma-separated), a file of templates, or one '...{}...'")
     ev.add_argument("--modality", default="image", help="zero-shot: modality to classify")
     ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
     ev.add_argument("--plot", help="folder for PNG plots")

@@ -35,6 +35,8 @@ class TrainConfig:
     on_nonfinite: str = "skip"
     # DDP: needed when some trainable parameter gets no gradient in a step (e.g. a modality absent).
     find_unused_parameters: bool = False
+    # Audit trail: each rank appends the dataset indices of every batch to <run>/sample_ids/rank<r>.txt.
+    log_sample_ids: bool = False
 
     def __post_init__(self) -> None:
         choices = {"precision": ("no", "bf16", "fp16"), "on_nonfinite": ("skip", "abort")}

@@ -39,6 +39,9 @@ class PairLoss(nn.Module):
     # CLIP: s = exp(theta), theta initialised to ln(1/0.07). None for the bias means the pair has no bias.
     default_logit_scale: float = math.log(1 / 0.07)
     default_logit_bias: float | None = None
+    # Losses with their own temperatures (iSogCLR, TempNet) ignore the pair's scale; the trainer then
+    # freezes it, since a parameter without gradient breaks DDP's reducer.
+    uses_logit_scale: bool = True
 
     def forward(
         self,

@@ -54,6 +54,7 @@ class Trainer:
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = Objective(config.model.pairs).to(self.accelerator.device)
+        self._freeze_unused_pair_scales()
         groups = param_groups(self._named_trainable(), self._no_decay(), config.optim)
         optimizer = build_optimizer(groups, config.optim)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.steps)
@@ -70,6 +71,13 @@ class Trainer:
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [*self.model.named_parameters(), *(
             (f"objective.{n}", p) for n, p in self.objective.named_parameters())]
+
+    def _freeze_unused_pair_scales(self) -> None:
+        for key, loss in self.objective.losses.items():
+            if not loss.uses_logit_scale:
+                self.model.logit_scales[key].requires_grad_(False)
+                if key in self.model.logit_biases:
+                    self.model.logit_biases[key].requires_grad_(False)
 
     def _no_decay(self) -> set[str]:
         return set(self.model.no_weight_decay()) | {f"objective.{n}" for n, _ in self.objective.named_parameters()
@@ -126,6 +134,7 @@ class Trainer:
             batch = next(batches)
             timer.add_data_wait(time.perf_counter() - start)
             self._track_data_position(batch)
+            self._audit_sample_ids(batch)
             micro.append(to_device(batch, self.accelerator.device))
         timer.add_samples(sum(batch_size_of(b) for b in micro) * self.accelerator.num_processes)
         return micro
@@ -135,6 +144,14 @@ class Trainer:
         if "__consumed__" in batch:
             self.data_consumed[worker] = int(batch["__consumed__"])
         self.data_skipped = max(self.data_skipped, int(batch.get("__skipped__", 0)))
+
+    def _audit_sample_ids(self, batch: dict[str, Any]) -> None:
+        if not self.config.train.log_sample_ids or "index" not in batch:
+            return
+        folder = self.run_dir / "sample_ids"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"rank{self.accelerator.process_index}.txt").open("a") as f:
+            f.write(" ".join(str(int(i)) for i in batch["index"]) + "\n")
 
     def _train_step(self, micro: list[dict[str, Any]], step: int) -> StepOutput:
         acc, tc = self.accelerator, self.config.train
@@ -188,7 +205,7 @@ class Trainer:
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
         for pair in self.config.model.pairs:
-            values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(self.unwrapped.logit_scale(pair.a, pair.b))
+            values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(self.unwrapped.logit_scale(pair.a, pair.b).detach())
         values.update(self.objective.metrics())
         return values
 
