@@ -47,7 +47,7 @@ class _RowLogSumExp(torch.autograd.Function):
             lse = a.new_full((a.shape[0],), float("-inf"))
             for rows in _blocks(a.shape[0], tile):
                 for cols in _blocks(c.shape[0], tile):
-                    logits = scale * (a[rows] @ c[cols].T)
+                    logits = (a[rows] @ c[cols].T).mul_(scale)
                     lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(logits, dim=1))
         ctx.save_for_backward(a, c, scale, lse)
         ctx.tile = tile  # type: ignore[attr-defined]
@@ -65,12 +65,15 @@ class _RowLogSumExp(torch.autograd.Function):
         with _no_autocast(a.device):
             for rows in _blocks(a.shape[0], tile):
                 for cols in _blocks(c.shape[0], tile):
-                    dots = a[rows] @ c[cols].T
-                    # d lse_i / d logit_ij = softmax_ij; weight each row by its incoming gradient.
-                    weights = torch.exp(scale * dots - lse[rows, None]) * grad_lse[rows, None]
-                    grad_a[rows] += scale * (weights @ c[cols])
+                    # d lse_i / d logit_ij = softmax_ij, weighted by row i's incoming gradient; built in
+                    # place so that one tile-sized buffer is live at a time.
+                    weights = (a[rows] @ c[cols].T).mul_(scale).sub_(lse[rows, None]).exp_()
+                    weights.mul_(grad_lse[rows, None])
+                    mixed = weights @ c[cols]
+                    grad_a[rows] += scale * mixed
                     grad_c[cols] += scale * (weights.T @ a[rows])
-                    grad_scale += (weights * dots).sum()
+                    # Σ_ij w_ij ⟨a_i, c_j⟩ = Σ_i ⟨a_i, (W C)_i⟩: reuses `mixed` instead of keeping the dots.
+                    grad_scale += (a[rows] * mixed).sum()
         return grad_a, grad_c, grad_scale.reshape(scale.shape).to(scale.dtype), None
 
 
@@ -96,12 +99,12 @@ def _teacher_tile(
     lses: Sequence[torch.Tensor],
 ) -> torch.Tensor:
     """One tile of P = mean_k softmax_row(c_k T_k U_kᵀ): averaged after the softmax, as MobileCLIP does."""
-    tile = None
+    total: torch.Tensor | None = None
     for t, u, s, lse in zip(teacher_rows, teacher_cols, scales, lses):
-        probs = torch.exp(s * (t[rows] @ u[cols].T) - lse[rows, None])
-        tile = probs if tile is None else tile + probs
-    assert tile is not None
-    return tile / len(scales)
+        probs = (t[rows] @ u[cols].T).mul_(s).sub_(lse[rows, None]).exp_()
+        total = probs if total is None else total.add_(probs)
+    assert total is not None
+    return total.div_(len(scales))
 
 
 class _TeacherMix(torch.autograd.Function):
