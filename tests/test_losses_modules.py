@@ -25,8 +25,9 @@ def pair(loss: str, **args) -> PairConfig:
 
 
 def test_builtin_losses_are_registered():
-    assert {"infonce", "siglip", "cwcl", "distill"} <= set(list_losses())
-    for name in ("infonce", "siglip", "cwcl", "distill"):
+    names = ("infonce", "siglip", "cwcl", "distill", "isogclr", "tempnet")
+    assert set(names) <= set(list_losses())
+    for name in names:
         assert issubclass(LOSSES.get(name).builder, PairLoss)
 
 

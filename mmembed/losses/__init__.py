@@ -12,7 +12,9 @@ from mmembed.losses.base import LOSSES, LossContext, PairLoss, list_losses
 from mmembed.losses.cwcl import CWCLConfig, CWCLLoss
 from mmembed.losses.distill import DistillConfig, DistillLoss
 from mmembed.losses.infonce import InfoNCEConfig, InfoNCELoss
+from mmembed.losses.isogclr import ISogCLRConfig, ISogCLRLoss
 from mmembed.losses.siglip import SigLIPConfig, SigLIPLoss
+from mmembed.losses.tempnet import TempNetConfig, TempNetLoss
 
 __all__ = [
     "LOSSES",
@@ -20,12 +22,16 @@ __all__ = [
     "CWCLLoss",
     "DistillConfig",
     "DistillLoss",
+    "ISogCLRConfig",
+    "ISogCLRLoss",
     "InfoNCEConfig",
     "InfoNCELoss",
     "LossContext",
     "PairLoss",
     "SigLIPConfig",
     "SigLIPLoss",
+    "TempNetConfig",
+    "TempNetLoss",
     "build_loss",
     "functional",
     "list_losses",
