@@ -26,23 +26,26 @@ def derive_rng(*parts: int | str) -> random.Random:
 
 
 @contextmanager
-def seeded_global_rngs(seed: int) -> Iterator[None]:
-    """Seed `random`, `numpy.random` and torch's CPU generator for one sample, then restore them.
+def seeded_global_rngs(seed: int, restore: bool = True) -> Iterator[None]:
+    """Seed `random`, `numpy.random` and torch's CPU generator for one sample, then (optionally) restore them.
 
     Preprocessors draw their augmentations from these global generators. Seeding them per sample makes
     a sample's augmentation independent of how many samples came before it, which is what lets a resumed
     stream (that skipped samples without preprocessing them) reproduce the uninterrupted one bit for bit.
-    Restoring afterwards keeps the caller's generators untouched when this runs in the main process
-    (num_workers=0). Only the CPU generator is seeded: `torch.manual_seed` would also reseed CUDA.
+    Restoring keeps the caller's generators untouched when this runs in the main process (num_workers=0);
+    a DataLoader worker owns its generators and skips it (numpy's get/set_state cost ~80 us a sample).
+    Only the CPU generator is seeded: `torch.manual_seed` would also reseed CUDA.
     """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    torch_state = torch.default_generator.get_state()
+    saved = None
+    if restore:
+        saved = (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.default_generator.set_state(torch_state)
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])

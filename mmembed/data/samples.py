@@ -60,7 +60,8 @@ class SampleDecoder:
         if no_keys:
             raise ValueError(f"no sample keys configured for modalities {no_keys}")
 
-    def __call__(self, raw: RawSample, sample_seed: int) -> dict[str, Any]:
+    def __call__(self, raw: RawSample, sample_seed: int, restore_rngs: bool = True) -> dict[str, Any]:
+        """Decode and preprocess; augmentations draw from global RNGs seeded with `sample_seed`."""
         members = {m: self._member(raw, m) for m in self.preprocessors}
         sample: dict[str, Any] = {"__key__": raw["__key__"]}
         sample["index"] = _int_member(raw, INDEX_KEY) if INDEX_KEY in raw else -1
@@ -74,7 +75,7 @@ class SampleDecoder:
                 decoded[modality] = MODALITY_DECODERS[modality](data, ext)
             except DecodeError as err:
                 raise SkipSample(f"{modality} member '{ext}': {err}") from err
-        with seeded_global_rngs(sample_seed):
+        with seeded_global_rngs(sample_seed, restore=restore_rngs):
             for modality, value in decoded.items():
                 sample[modality] = self._preprocess(modality, value, raw["__key__"])
         return sample

@@ -79,6 +79,7 @@ class BatchStream(IterableDataset):
         slot = WorkerSlot(spec.seed, spec.rank, spec.world_size, worker, num_workers)
         stats = SkipStats(worker=worker)
         skip = spec.resume.get(worker, 0)
+        in_worker = get_worker_info() is not None
         position = 0
         pending: list[dict[str, Any]] = []
         for epoch, raw in self._raw_stream(slot, stats):
@@ -87,7 +88,7 @@ class BatchStream(IterableDataset):
                 continue
             try:
                 seed = derive_seed(spec.seed, "sample", spec.rank, worker, epoch, position - 1)
-                pending.append(spec.decoder(raw, seed))
+                pending.append(spec.decoder(raw, seed, restore_rngs=not in_worker))
             except SkipSample as err:
                 stats.skip_sample(raw["__key__"], raw["__url__"], str(err))
                 continue
