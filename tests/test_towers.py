@@ -127,3 +127,12 @@ def test_unfreeze_regex_must_match(hf_folder: Path) -> None:
         _build("open_clip_vision", hf_folder, freeze=True, unfreeze=["^model\\.no_such_block"])
     with pytest.raises(ValueError, match="only makes sense with 'freeze: true'"):
         _build("open_clip_vision", hf_folder, unfreeze=["proj"])
+
+
+@pytest.mark.parametrize("name", ALL_TOWERS)
+def test_preprocessors_pickle_for_dataloader_workers(name: str, hf_folder: Path) -> None:
+    import pickle
+
+    tower = _build(name, hf_folder)
+    for is_train in (True, False):
+        pickle.loads(pickle.dumps(tower.preprocessor(is_train)))

@@ -42,8 +42,9 @@ def test_pooling_and_normalisation_follow_the_sentence_transformers_folder(tmp_p
     folder = make_tiny_bert(tmp_path / "m")
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
-                                                      "type": "sentence_transformers.models.Transformer"}]))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     tower = TOWERS.build("hf_text", {"path": str(folder)})
     assert (tower.pooling, tower.normalize_features, tower.max_length) == ("cls", False, 12)
     batch_out = _encode(tower, SENTENCES)
@@ -62,6 +63,21 @@ def test_mean_pooling_ignores_padding(tmp_path: Path) -> None:
     short = TOWERS.build("hf_text", {"path": str(tmp_path / "m"), "max_length": 8})
     # The same sentence padded to 16 or 8 tokens must pool to the same features.
     torch.testing.assert_close(_encode(tower, ["ok"]), _encode(short, ["ok"]), atol=1e-5, rtol=1e-5)
+
+
+def test_older_layout_with_transformer_subfolder(tmp_path: Path) -> None:
+    """sentence-transformers folders may keep the HF model in a subfolder named by modules.json."""
+    tiny = make_tiny_bert(tmp_path / "tiny")
+    folder = tmp_path / "st"
+    shutil.copytree(tiny, folder / "0_Transformer")
+    shutil.move(folder / "0_Transformer" / "1_Pooling", folder / "1_Pooling")
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    tower = TOWERS.build("hf_text", {"path": str(folder)})
+    assert (tower.pooling, tower.normalize_features, tower.max_length) == ("mean", False, 12)
+    reference = TOWERS.build("hf_text", {"path": str(tiny), "normalize_features": False})
+    torch.testing.assert_close(_encode(tower, SENTENCES), _encode(reference, SENTENCES))
 
 
 def test_bad_paths_are_named(tmp_path: Path) -> None:

