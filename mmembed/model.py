@@ -135,10 +135,13 @@ class MultiModalModel(nn.Module):
 
     @torch.no_grad()
     def clamp_logit_scales(self) -> None:
-        """Clamp every θ to [0, ln max_logit_scale]; call after each optimizer step (CLIP)."""
+        """Clamp every learned θ to [0, ln max_logit_scale]; call after each optimizer step (CLIP).
+
+        A fixed scale (learn_logit_scale: false) is left exactly as the recipe set it."""
         upper = math.log(self.max_logit_scale)
         for theta in self.logit_scales.values():
-            theta.clamp_(0.0, upper)
+            if theta.requires_grad:
+                theta.clamp_(0.0, upper)
 
     def preprocessors(self, is_train: bool) -> dict[str, Preprocessor]:
         return {m: tower.preprocessor(is_train) for m, tower in self.towers.items()}

@@ -120,7 +120,7 @@ def test_head_errors_name_the_problem() -> None:
 def test_logit_scales_per_pair_and_clamp() -> None:
     model = tri_modal(**{"pairs": [{"a": "image", "b": "text"},
                                    {"a": "audio", "b": "text", "loss": "siglip"},
-                                   {"a": "image", "b": "audio", "logit_scale_init": 1.0,
+                                   {"a": "image", "b": "audio", "logit_scale_init": 5.0,
                                     "logit_bias_init": 2.0, "learn_logit_scale": False}]})
     assert set(model.logit_scales) == {"image__text", "audio__text", "image__audio"}
     torch.testing.assert_close(model.logit_scale("image", "text"), torch.tensor(1 / 0.07))
@@ -136,7 +136,7 @@ def test_logit_scales_per_pair_and_clamp() -> None:
     model.clamp_logit_scales()
     assert model.logit_scales["image__text"].item() == pytest.approx(math.log(100.0))
     assert model.logit_scales["audio__text"].item() == 0.0
-    assert model.logit_scales["image__audio"].item() == 1.0
+    assert model.logit_scales["image__audio"].item() == 5.0  # fixed by the recipe: not clamped
 
 
 def test_pair_errors_are_clear() -> None:
