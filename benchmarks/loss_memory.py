@@ -18,9 +18,9 @@ How memory is measured, and why:
   not writable the child falls back to the `ru_maxrss` delta, which under-reports only if importing torch
   peaked higher than the loss does.
 - CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, minus the allocation before.
-- A dense run whose estimated need (ten B×B float32 matrices, a deliberate over-estimate of open_clip's
-  logits, log-softmax outputs and their gradients) exceeds 80% of the free memory is skipped and reported as
-  such, rather than letting the kernel kill it (or its neighbours).
+- A dense run whose estimated need exceeds 80% of the free memory is skipped and reported as such, rather
+  than letting the kernel kill it (or its neighbours). The estimate is five B×B float32 matrices: open_clip
+  peaked at 4.1 of them at B = 4096 and 16384 (logits, log-softmax outputs and their gradients).
 Time is the best of `--repeats` steps, after one untimed warm-up step on CUDA (none on CPU, where each step
 costs minutes at B = 32k). CPU runs use `--threads` intra-op threads (default 1): on a shared 2-core machine
 OpenMP's spin-waiting makes multi-threaded small ops up to 100x slower and the timings meaningless.
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DENSE_MATRICES = 10  # B×B float32 matrices budgeted for open_clip's dense loss (see the docstring)
+DENSE_MATRICES = 5  # B×B float32 matrices budgeted for open_clip's dense loss (see the docstring)
 
 
 @dataclass
