@@ -23,8 +23,12 @@ test-fast:
 lint:
 	$(BIN)/ruff check .
 
-demo:
+# The main job: demo data (built once, if absent), then the demo recipe end to end.
+demo: data/demo/info.json
 	$(BIN)/mmembed train recipes/demo.yaml
+
+data/demo/info.json:
+	$(BIN)/python -m data_tools.make_demo_data --out data/demo
 
 clean:
 	rm -rf runs data/demo

@@ -35,6 +35,8 @@ STEP_DIR = re.compile(r"^step_(\d{8})$")
 class ResumeState:
     step: int
     data_consumed: dict[int, int] = field(default_factory=dict)
+    # The DataLoader restarts its worker rotation at 0; this restores the exact batch order on resume.
+    next_worker: int = 0
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,7 +71,7 @@ class CheckpointManager:
         self.accelerator.wait_for_everyone()
 
     def save(self, step: int, model: Any, config: Any, objective: Any, optimizer: Any, scheduler: Any,
-             data_consumed: dict[int, int]) -> Path:
+             data: ResumeState) -> Path:
         name = f"step_{step:08d}"
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         acc = self.accelerator
@@ -77,8 +79,8 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        torch.save({"rng": rng_state(), "data_consumed": {str(k): v for k, v in data_consumed.items()}},
-                   tmp / f"rank{acc.process_index}.pt")
+        torch.save({"rng": rng_state(), "data_consumed": {str(k): v for k, v in data.data_consumed.items()},
+                    "next_worker": data.next_worker}, tmp / f"rank{acc.process_index}.pt")
         if acc.is_main_process:
             save_model_dir(tmp / "model", acc.unwrap_model(model), config)
             save_file(state_to_safetensors(objective), str(tmp / "objective.safetensors"))
@@ -126,4 +128,4 @@ class CheckpointManager:
         rank_state = torch.load(path / f"rank{acc.process_index}.pt", weights_only=True)
         set_rng_state(rank_state["rng"])
         consumed = {int(k): int(v) for k, v in rank_state["data_consumed"].items()}
-        return ResumeState(step=int(meta["step"]), data_consumed=consumed)
+        return ResumeState(int(meta["step"]), consumed, int(rank_state["next_worker"]))

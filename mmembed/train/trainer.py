@@ -65,7 +65,8 @@ class Trainer:
         self.state = self._maybe_resume(resume)
         self.metrics = MetricsLog(self.run_dir, self.accelerator.is_main_process)
         self.data_consumed: dict[int, int] = dict(self.state.data_consumed)
-        self.data_skipped = 0
+        self.next_worker = self.state.next_worker
+        self.data_skipped: dict[int, int] = {}
 
     # -- setup helpers -------------------------------------------------------------------------------
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -102,7 +103,7 @@ class Trainer:
         loader = build_train_loader(
             self.config.data, self.unwrapped.preprocessors(True), batch_size=self.config.data.batch_size,
             seed=self.config.seed, rank=acc.process_index, world_size=acc.num_processes,
-            resume={"consumed": self.data_consumed} if self.data_consumed else None,
+            resume={"consumed": self.data_consumed, "next_worker": self.next_worker} if self.data_consumed else None,
         )
         return iter(loader)
 
@@ -140,10 +141,12 @@ class Trainer:
         return micro
 
     def _track_data_position(self, batch: dict[str, Any]) -> None:
+        """Remember, per loader worker, how many raw samples it consumed (and skipped as corrupt)."""
         worker = int(batch.get("__worker__", 0))
         if "__consumed__" in batch:
             self.data_consumed[worker] = int(batch["__consumed__"])
-        self.data_skipped = max(self.data_skipped, int(batch.get("__skipped__", 0)))
+        self.data_skipped[worker] = int(batch.get("__skipped__", 0))
+        self.next_worker = (worker + 1) % max(1, self.config.data.num_workers)
 
     def _audit_sample_ids(self, batch: dict[str, Any]) -> None:
         if not self.config.train.log_sample_ids or "index" not in batch:
@@ -201,7 +204,7 @@ class Trainer:
 
     def _step_metrics(self, output: StepOutput, timer: Throughput) -> dict[str, float]:
         values = {"loss": float(self.accelerator.reduce(output.loss.detach().float(), "mean").item()),
-                  "lr": self.scheduler.get_last_lr()[0], "data_skipped": float(self.data_skipped)}
+                  "lr": self.scheduler.get_last_lr()[0], "data_skipped": float(sum(self.data_skipped.values()))}
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
         for pair in self.config.model.pairs:
@@ -211,7 +214,7 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler,
-                              self.data_consumed)
+                              ResumeState(step, self.data_consumed, self.next_worker))
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}

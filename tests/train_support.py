@@ -1,0 +1,48 @@
+"""Shared helpers for the training tests: tiny demo data and recipe overrides that keep runs short."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
+
+
+def make_small_demo(out: Path, train_samples: int = 512, val_samples: int = 96) -> Path:
+    from data_tools.make_demo_data import make_demo_data
+
+    make_demo_data(out, train_samples=train_samples, val_samples=val_samples, samples_per_shard=64, seed=0)
+    return out
+
+
+def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -> list[str]:
+    """Shrink the demo recipe: fewer steps, smaller batch, the test's own data and output folder."""
+    shards = sorted((data / "train").glob("*.tar"))
+    val = str(data / "val" / "val-{000000..000001}.tar")
+    values: dict[str, object] = {
+        "output_dir": str(run_dir),
+        "train.steps": steps,
+        "train.log_every": 1,
+        "train.save_every": 0,
+        "data.batch_size": 16,
+        "data.num_workers": 2,
+        "data.train.0.urls": "[" + ",".join(str(s) for s in shards) + "]",
+        "optim.warmup_steps": 2,
+        "eval.every": 0,
+        "eval.zeroshot.0.urls": f"[{val}]",
+        "eval.zeroshot.0.classnames": str(data / "classnames_all.txt"),
+        "eval.zeroshot.1.urls": f"[{val}]",
+        "eval.zeroshot.1.classnames": str(data / "classnames_all.txt"),
+        "eval.retrieval.0.urls": f"[{val}]",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_cli(args: list[str], timeout: float = 600, **kwargs: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "mmembed", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False, **kwargs)
