@@ -21,7 +21,7 @@ def make_small_demo(out: Path, train_samples: int = 512, val_samples: int = 96) 
 def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -> list[str]:
     """Shrink the demo recipe: fewer steps, smaller batch, the test's own data and output folder."""
     shards = sorted((data / "train").glob("*.tar"))
-    val = str(data / "val" / "val-{000000..000001}.tar")
+    val = '"' + str(data / "val" / "val-{000000..000001}.tar") + '"'
     values: dict[str, object] = {
         "output_dir": str(run_dir),
         "train.steps": steps,
@@ -29,7 +29,7 @@ def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -
         "train.save_every": 0,
         "data.batch_size": 16,
         "data.num_workers": 2,
-        "data.train.0.urls": "[" + ",".join(str(s) for s in shards) + "]",
+        "data.train.0.urls": "[" + ",".join(f'"{s}"' for s in shards) + "]",
         "optim.warmup_steps": 2,
         "eval.every": 0,
         "eval.zeroshot.0.urls": f"[{val}]",

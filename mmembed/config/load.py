@@ -13,7 +13,11 @@ from mmembed.config.validate import ConfigError, structured_from_dict
 
 def _parse_value(raw: str) -> object:
     # OmegaConf's grammar parses numbers (incl. 1e-3), bools, null and [lists] the way YAML users expect.
-    return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    except Exception as err:  # yaml and OmegaConf grammar errors
+        raise ConfigError(f"cannot parse override value {raw!r}: {err}. Quote strings that contain YAML "
+                          "syntax, e.g. data.train.0.urls='[\"shards/{000000..000009}.tar\"]'") from err
 
 
 def _apply_override(tree: dict, item: str) -> None:

@@ -46,6 +46,8 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         tc = config.train
         self.accelerator = Accelerator(
+            # Without an accelerator, cpu=True lets torchrun-launched processes form a gloo group.
+            cpu=not torch.accelerator.is_available(),
             mixed_precision=tc.precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.find_unused_parameters)],
         )
