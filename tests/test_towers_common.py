@@ -37,6 +37,24 @@ def make_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+def make_tiny_wav2vec2(folder: Path, **overrides: Any) -> Path:
+    """A 2-layer, 32-wide wav2vec2 (20x conv downsampling) and its 16 kHz feature extractor, saved to
+    `folder`. SpecAugment, layer drop and functional (attention) dropout are off so training-mode passes are
+    reproducible."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**{
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "conv_dim": (16, 16), "conv_stride": (5, 4), "conv_kernel": (10, 8), "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 2, "apply_spec_augment": False, "mask_time_prob": 0.0,
+        "layerdrop": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, **overrides})
+    Wav2Vec2Model(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
 def tiny_tower_args(name: str, hf_folder: Path) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {
         "open_clip_vision": {"vision_cfg": TINY_VIT, "embed_dim": 24},
@@ -45,6 +63,12 @@ def tiny_tower_args(name: str, hf_folder: Path) -> dict[str, Any]:
         "audio_mel": TINY_AUDIO,
         "hf_text": {"path": str(hf_folder)},
     }
+    if name == "hf_audio":
+        # Built lazily next to the tiny BERT: only tests of this tower pay for it.
+        audio_folder = hf_folder / "tiny_wav2vec2"
+        if not (audio_folder / "config.json").is_file():
+            make_tiny_wav2vec2(audio_folder)
+        return {"path": str(audio_folder), "clip_seconds": 1.0}
     return table[name]
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from mmembed.config.model import TowerSpec
-from mmembed.towers import audio_mel, hf_text, open_clip_text, open_clip_vision, timm_image  # noqa: F401
+from mmembed.towers import (  # noqa: F401
+    audio_mel,
+    hf_audio,
+    hf_text,
+    open_clip_text,
+    open_clip_vision,
+    timm_image,
+)
 from mmembed.towers.base import TOWERS, Tower, TowerInput, list_towers
 from mmembed.towers.freeze import apply_freeze, frozen_submodules, keep_eval
 

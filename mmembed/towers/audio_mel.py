@@ -2,8 +2,9 @@
 
 Defaults follow LAION-CLAP (48 kHz, n_fft 1024, hop 480, 64 mels, 50-14000 Hz, 10 s clips). The spectrogram
 enters the backbone as a one-channel image [B, 1, n_mels, frames]. Any input length is accepted: the tower
-crops (random in training, centred in eval) or zero-pads to `clip_seconds` itself, so batches whose length
-changes from step to step need no special handling.
+crops (random in training; in eval a centred crop, or the average over evenly spaced windows, see
+audio_crops.py) or zero-pads to `clip_seconds` itself, so batches whose length changes from step to step
+need no special handling.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import soxr
 import torch
 from torch import nn
 
+from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, encode_windows
 from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.log_mel import LogMel, crop_or_pad
 from mmembed.towers.timm_common import (
@@ -37,6 +37,9 @@ class AudioMelConfig:
     f_min: float = 50.0
     f_max: float = 14000.0
     clip_seconds: float = 10.0
+    # Evaluation crop of recordings longer than the clip: "center" or "average" over eval_windows windows.
+    eval_crops: str = "center"
+    eval_windows: int = 3
     # torch.stft padding of the centred frames (torchlibrosa/CLAP: reflect; librosa >= 0.10: constant).
     stft_pad_mode: str = "reflect"
     # None keeps the full dB range (CLAP); e.g. 80 clips each clip's floor at peak - 80 dB.
@@ -47,25 +50,6 @@ class AudioMelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     checkpoint_path: str | None = None
-
-
-class ClipWaveform:
-    """Per-sample preprocessor: (waveform float32 [T], sr) -> float32 tensor [clip_samples] at the
-    tower's rate. Training crops at a random offset (torch RNG, seeded per DataLoader worker); eval
-    takes the centre, so the same clip always gives the same tensor."""
-
-    def __init__(self, sample_rate: int, clip_samples: int, is_train: bool) -> None:
-        self.sample_rate, self.clip_samples, self.is_train = sample_rate, clip_samples, is_train
-
-    def __call__(self, item: tuple[np.ndarray, int]) -> torch.Tensor:
-        waveform, sr = item
-        waveform = np.asarray(waveform, dtype=np.float32)
-        if waveform.ndim != 1:
-            raise ValueError(f"audio_mel preprocessor expects mono [T], got shape {waveform.shape}")
-        if int(sr) != self.sample_rate:
-            waveform = soxr.resample(waveform, int(sr), self.sample_rate).astype(np.float32, copy=False)
-        wave = torch.from_numpy(np.ascontiguousarray(waveform)).unsqueeze(0)
-        return crop_or_pad(wave, self.clip_samples, random_crop=self.is_train)[0]
 
 
 class AudioMelTower(nn.Module):
@@ -80,6 +64,7 @@ class AudioMelTower(nn.Module):
         self.cfg = cfg
         self.sample_rate = cfg.sample_rate
         self.clip_samples = round(cfg.clip_seconds * cfg.sample_rate)
+        self.policy = CropPolicy(self.clip_samples, cfg.eval_crops, cfg.eval_windows)
         self.frontend = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.win_length or cfg.n_fft,
                                cfg.n_mels, cfg.f_min, cfg.f_max, pad_mode=cfg.stft_pad_mode,
                                top_db=cfg.top_db)
@@ -105,7 +90,9 @@ class AudioMelTower(nn.Module):
         return self.input_norm(mel.transpose(1, 2)).transpose(1, 2)
 
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.log_mel(inputs))
+        """[B, T] waveforms (any T) or [B, n, clip_samples] eval windows -> features [B, output_dim]."""
+        clips = clip_batch(inputs, self.policy, self.training, "audio_mel")
+        return encode_windows(lambda flat: self.backbone(self.log_mel(flat)), clips)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.encode(inputs)
@@ -117,7 +104,8 @@ class AudioMelTower(nn.Module):
         timm_set_grad_checkpointing("audio_mel", self.backbone, enable)
 
     def preprocessor(self, is_train: bool) -> Preprocessor:
-        return ClipWaveform(self.sample_rate, self.clip_samples, is_train)
+        return ClipWaveform(self.sample_rate, self.clip_samples, is_train, self.cfg.eval_crops,
+                            self.cfg.eval_windows)
 
 
 @TOWERS.register("audio_mel", AudioMelConfig)
