@@ -63,7 +63,7 @@ def test_misspelled_key_in_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_bad_value_type_and_choice(recipe: Path) -> None:
-    with pytest.raises(ConfigError, match="train.steps"):
+    with pytest.raises(ConfigError, match=r"train\.steps"):
         load_recipe(recipe, ["train.steps=abc"])
     with pytest.raises(ConfigError, match="precision"):
         load_recipe(recipe, ["train.precision=fp8"])

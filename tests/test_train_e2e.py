@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from train_support import DEMO_RECIPE, REPO, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from train_support import DEMO_RECIPE
 
 from mmembed.config import load_recipe
 from mmembed.model import build_model
 from mmembed.train.objective import Objective
 from mmembed.train.optim import param_groups, warmup_cosine
 from mmembed.train.step import accumulated_step, plain_step
-from train_support import DEMO_RECIPE
 
 
 def tiny_config(tmp_path: Path, pairs: str = "infonce"):
@@ -88,6 +89,6 @@ def test_warmup_cosine_shape() -> None:
     factors = [warmup_cosine(s, 100, 10, 0.1) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors))
     assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))

@@ -33,5 +33,7 @@ class DataConfig:
     # A "json" member is read as an object with a "caption" or "text" field.
     text_keys: str = "txt;text;caption;json"
     audio_keys: str = "flac;wav;ogg;mp3"
-    # Audio clips are decoded, downmixed, resampled to the audio tower's rate and cropped/padded to this.
-    audio_seconds: float = 1.0
+    # Benchmarking only: replace the shards by open_clip's synthetic data (one blank image of this size and
+    # one caption, preprocessed per sample), so step times compare with `open_clip_train --dataset-type
+    # synthetic`. 0 disables it.
+    synthetic_image_size: int = 0

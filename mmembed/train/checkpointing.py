@@ -117,8 +117,8 @@ class CheckpointManager:
         acc = self.accelerator
         meta = json.loads((path / "trainer.json").read_text())
         if meta["world_size"] != acc.num_processes:
-            raise RuntimeError(f"checkpoint {path} was written by {meta['world_size']} processes; exact resume "
-                               f"of the data stream needs the same number, got {acc.num_processes}")
+            raise RuntimeError(f"checkpoint {path} was written by {meta['world_size']} processes; exact "
+                               f"resume of the data stream needs the same number, got {acc.num_processes}")
         acc.unwrap_model(model).load_state_dict(load_file(str(path / "model" / "model.safetensors")))
         objective.load_state_dict(load_file(str(path / "objective.safetensors")))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))

@@ -43,7 +43,8 @@ def average_gradients(params: list[nn.Parameter]) -> None:
         offset += grad.numel()
 
 
-def plain_step(accelerator: Any, model: nn.Module, objective: Objective, batch: dict, step: int) -> StepOutput:
+def plain_step(accelerator: Any, model: nn.Module, objective: Objective, batch: dict,
+               step: int) -> StepOutput:
     unwrapped = accelerator.unwrap_model(model)
     with accelerator.autocast():
         out = model(batch)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mmembed.config import ExperimentConfig, recipe_to_yaml
 from mmembed.data import build_train_loader
+from mmembed.data.synthetic import build_synthetic_loader
 from mmembed.model import build_model, pair_key
 from mmembed.train.batching import batch_size_of, to_device
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
@@ -83,8 +84,8 @@ class Trainer:
                     self.model.logit_biases[key].requires_grad_(False)
 
     def _no_decay(self) -> set[str]:
-        return set(self.model.no_weight_decay()) | {f"objective.{n}" for n, _ in self.objective.named_parameters()
-                                                   if n.endswith("bias")}
+        objective_biases = {f"objective.{n}" for n, _ in self.objective.named_parameters() if n.endswith("bias")}
+        return set(self.model.no_weight_decay()) | objective_biases
 
     @property
     def unwrapped(self) -> Any:
@@ -101,11 +102,15 @@ class Trainer:
         return state
 
     def _loader(self) -> Iterator[dict[str, Any]]:
-        acc = self.accelerator
+        acc, data = self.accelerator, self.config.data
+        preprocessors = self.unwrapped.preprocessors(True)
+        if data.synthetic_image_size:
+            return iter(build_synthetic_loader(preprocessors, batch_size=data.batch_size,
+                                               image_size=data.synthetic_image_size, num_workers=data.num_workers))
+        resume = {"consumed": self.data_consumed, "next_worker": self.next_worker} if self.data_consumed else None
         loader = build_train_loader(
-            self.config.data, self.unwrapped.preprocessors(True), batch_size=self.config.data.batch_size,
-            seed=self.config.seed, rank=acc.process_index, world_size=acc.num_processes,
-            resume={"consumed": self.data_consumed, "next_worker": self.next_worker} if self.data_consumed else None,
+            data, preprocessors, batch_size=data.batch_size, seed=self.config.seed, rank=acc.process_index,
+            world_size=acc.num_processes, resume=resume,
         )
         return iter(loader)
 
@@ -130,7 +135,7 @@ class Trainer:
         final = self._finish(step)
         return TrainResult(step=step, run_dir=self.run_dir, final_metrics=final)
 
-    def _next_micro_batches(self, batches: Iterator[dict[str, Any]], timer: Throughput) -> list[dict[str, Any]]:
+    def _next_micro_batches(self, batches: Iterator[dict[str, Any]], timer: Throughput) -> list[dict]:
         micro = []
         for _ in range(self.config.train.accum_freq):
             start = time.perf_counter()
@@ -205,12 +210,14 @@ class Trainer:
             self._evaluate(step)
 
     def _step_metrics(self, output: StepOutput, timer: Throughput) -> dict[str, float]:
-        values = {"loss": float(self.accelerator.reduce(output.loss.detach().float(), "mean").item()),
-                  "lr": self.scheduler.get_last_lr()[0], "data_skipped": float(sum(self.data_skipped.values()))}
+        loss = self.accelerator.reduce(output.loss.detach().float(), "mean")
+        values = {"loss": float(loss.item()), "lr": self.scheduler.get_last_lr()[0],
+                  "data_skipped": float(sum(self.data_skipped.values()))}
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
         for pair in self.config.model.pairs:
-            values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(self.unwrapped.logit_scale(pair.a, pair.b).detach())
+            scale = self.unwrapped.logit_scale(pair.a, pair.b).detach()
+            values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(scale)
         values.update(self.objective.metrics())
         return values
 
