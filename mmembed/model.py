@@ -17,6 +17,7 @@ from mmembed.config.model import ModelConfig, PairConfig
 from mmembed.heads import build_head
 from mmembed.towers import build_tower, frozen_submodules, keep_eval
 from mmembed.towers.base import Preprocessor, TowerInput
+from mmembed.towers.feature_cache import FeatureCache
 
 LossDefaults = Callable[[str], tuple[float, float | None]]
 
@@ -51,6 +52,7 @@ class MultiModalModel(nn.Module):
         pairs: Mapping[tuple[str, str], PairInit],
         max_logit_scale: float = 100.0,
         eval_modules: Mapping[str, list[str]] | None = None,
+        feature_cache_sizes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         if set(towers) != set(heads):
@@ -74,6 +76,15 @@ class MultiModalModel(nn.Module):
                 self.logit_biases[key] = nn.Parameter(torch.tensor(float(init.bias)))
         # Per modality, the tower submodules that freezing put (and must keep) in eval mode.
         self._eval_modules = {m: list(names) for m, names in (eval_modules or {}).items()}
+        # Plain attributes, not buffers: the caches never reach state_dict or checkpoints.
+        self._feature_caches: dict[str, FeatureCache] = {}
+        for modality, size in (feature_cache_sizes or {}).items():
+            if any(p.requires_grad for p in self._tower(modality).parameters()):
+                raise ValueError(f"feature cache of '{modality}': its tower has trainable parameters, so its "
+                                 "features change every step; only a fully frozen tower can be cached")
+            self._feature_caches[modality] = FeatureCache(size)
+        # Cached features are only valid for the weights they were computed with.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_feature_caches())
         self.train(self.training)
 
     @property
@@ -96,9 +107,19 @@ class MultiModalModel(nn.Module):
         tower = self._tower(modality)
         # A fully frozen tower needs no autograd graph: skipping it saves its activation memory.
         trainable = any(p.requires_grad for p in tower.parameters())
+        cache = self._feature_caches.get(modality)
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            features = tower.encode(inputs)
+            features = tower.encode(inputs) if cache is None else cache.encode(tower.encode, inputs)
         return self.heads[modality](features), features
+
+    def feature_cache(self, modality: str) -> FeatureCache | None:
+        """The feature cache of `modality`'s frozen tower (hit/miss counters), or None when not cached."""
+        self._tower(modality)
+        return self._feature_caches.get(modality)
+
+    def clear_feature_caches(self) -> None:
+        for cache in self._feature_caches.values():
+            cache.clear()
 
     def encode(self, modality: str, inputs: TowerInput) -> torch.Tensor:
         """Unit vectors [B, embed_dim] for one modality's batch input."""
@@ -205,6 +226,7 @@ def build_model(cfg: ModelConfig, loss_defaults: LossDefaults | None = None) -> 
     towers: dict[str, nn.Module] = {}
     heads: dict[str, nn.Module] = {}
     eval_modules: dict[str, list[str]] = {}
+    cache_sizes = {m: c.tower.cache_size for m, c in cfg.modalities.items() if c.tower.cache_features}
     for modality, mcfg in cfg.modalities.items():
         where = f"model.modalities.{modality}.tower"
         towers[modality] = tower = build_tower(mcfg.tower, where=where)
@@ -214,4 +236,4 @@ def build_model(cfg: ModelConfig, loss_defaults: LossDefaults | None = None) -> 
             raise ValueError(f"model.modalities.{modality}.head: {err}") from err
         if mcfg.tower.freeze:
             eval_modules[modality] = frozen_submodules(tower)
-    return MultiModalModel(towers, heads, inits, cfg.max_logit_scale, eval_modules)
+    return MultiModalModel(towers, heads, inits, cfg.max_logit_scale, eval_modules, cache_sizes)

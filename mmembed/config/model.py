@@ -18,6 +18,18 @@ class TowerSpec:
     freeze: bool = False
     unfreeze: list[str] = field(default_factory=list)
     grad_checkpointing: bool = False
+    # Frozen towers only: encode each distinct input row once and reuse its features (e.g. a frozen text
+    # anchor over repeating captions). Bounded LRU of `cache_size` rows; never saved in checkpoints.
+    cache_features: bool = False
+    cache_size: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.cache_features and (not self.freeze or self.unfreeze):
+            raise ValueError(f"tower '{self.type}': cache_features needs a fully frozen tower (freeze: true "
+                             f"and no unfreeze rules; got freeze={self.freeze}, "
+                             f"unfreeze={list(self.unfreeze)}): a trained tower's features change every step")
+        if self.cache_size < 1:
+            raise ValueError(f"tower '{self.type}': cache_size must be >= 1, got {self.cache_size}")
 
 
 @dataclass

@@ -52,8 +52,8 @@ def _pool_cls(outputs: Any) -> torch.Tensor:
 def _pool_pooler(outputs: Any) -> torch.Tensor:
     pooled = getattr(outputs, "pooler_output", None)
     if pooled is None:
-        raise ValueError("hf_audio: pooling 'pooler' needs a model with a pooler output (e.g. AST); "
-                         "this model has none, use 'mean'")
+        raise ValueError("hf_audio: pooling 'pooler' needs a model with a pooler (e.g. AST), and this "
+                         "model has no pooler output; use 'mean'")
     return pooled
 
 
