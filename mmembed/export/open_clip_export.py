@@ -93,10 +93,10 @@ def build_open_clip_folder(model: nn.Module, config: ExperimentConfig,
 
 
 def export_open_clip(model: nn.Module, config: ExperimentConfig, out: str | Path,
-                     opts: PartOptions = PartOptions(), verify: bool = True) -> OpenClipExport:
+                     opts: PartOptions | None = None, verify: bool = True) -> OpenClipExport:
     """Write the open_clip folder into `out` and (by default) check open_clip's embeddings against ours."""
     model = model.eval()
-    tree, state, parts = build_open_clip_folder(model, config, opts)
+    tree, state, parts = build_open_clip_folder(model, config, opts or PartOptions())
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(root / WEIGHTS_NAME))

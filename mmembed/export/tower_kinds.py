@@ -141,7 +141,8 @@ def _audio_inputs(tower: nn.Module) -> list[InputSpec]:
 
 
 def _audio_preprocess(tower: nn.Module) -> dict[str, Any]:
-    return {"kind": "waveform", "sample_rate": int(tower.sample_rate), "clip_samples": int(tower.clip_samples)}
+    return {"kind": "waveform", "sample_rate": int(tower.sample_rate),
+            "clip_samples": int(tower.clip_samples)}
 
 
 class AudioMelTwin(nn.Module):
@@ -177,7 +178,8 @@ TOWER_KINDS: dict[str, TowerKind] = {
     "timm_image": TowerKind(_image_inputs, _timm_image_preprocess,
                             _without("checkpoint_path", pretrained=False)),
     "open_clip_text": TowerKind(_token_inputs, _open_clip_text_preprocess, _without("pretrained")),
-    "hf_text": TowerKind(_hf_inputs, _hf_preprocess, _hf_args, write_files=_hf_files, local_args=_hf_local_args,
+    "hf_text": TowerKind(_hf_inputs, _hf_preprocess, _hf_args, write_files=_hf_files,
+                         local_args=_hf_local_args,
                          check_sizes=lambda t: [{"seq": 5}, {"seq": min(int(t.max_length), 24)}]),
     "audio_mel": TowerKind(_audio_inputs, _audio_preprocess, _without("checkpoint_path", pretrained=False),
                            onnx_twin=AudioMelTwin,
