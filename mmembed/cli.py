@@ -43,6 +43,27 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from mmembed.export.cli import run_export
+
+    return run_export(args)
+
+
+@command("embed")
+def _embed(args: argparse.Namespace) -> int:
+    from mmembed.export.cli import run_embed
+
+    return run_embed(args)
+
+
+@command("search")
+def _search(args: argparse.Namespace) -> int:
+    from mmembed.export.cli import run_search
+
+    return run_search(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmembed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -64,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
     ev.add_argument("--plot", help="folder for PNG plots")
     ev.add_argument("--batch-size", type=int, default=128)
+
+    from mmembed.export.cli import add_export_parsers
+
+    add_export_parsers(sub)
     return parser
 
 
