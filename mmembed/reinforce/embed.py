@@ -1,0 +1,105 @@
+"""Teacher embeddings of a batch of source samples: replayed augmented images (or audio crops) and captions.
+
+The member names a reinforced sample adds to its source sample are defined here too, since the builder,
+the verifier and the training reader must agree on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmembed.reinforce.augment import AugRecord
+from mmembed.reinforce.teachers import Teacher
+
+PAUG = "paug.json"  # list of K augmentation records
+SYN = "syn.json"  # {"syn_text": [...]}
+ACROP = "acrop.json"  # {"sample_rate": int, "length": int, "offsets": [K ints]}
+TEXT_EMB = "text_emb"  # [1 + n_syn, ΣD], the real caption first
+MEDIA_EMB = {"image": "image_emb", "audio": "audio_emb"}  # [K, ΣD]
+TEACHERS_FILE = "teachers.json"
+
+# Teacher forward passes take at most this many inputs at once (bounds activation memory).
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class AudioCrops:
+    sample_rate: int
+    length: int
+    offsets: tuple[int, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"sample_rate": self.sample_rate, "length": self.length, "offsets": list(self.offsets)}
+
+    def clip(self, waveform: np.ndarray, k: int) -> np.ndarray:
+        """Crop k, zero-padded to `length` when the recording is shorter."""
+        start = self.offsets[k]
+        piece = waveform[start:start + self.length]
+        if piece.shape[0] < self.length:
+            piece = np.pad(piece, (0, self.length - piece.shape[0]))
+        return np.ascontiguousarray(piece, dtype=np.float32)
+
+
+def teacher_image_inputs(teacher: Teacher, images: Sequence[Image.Image],
+                         records: Sequence[Sequence[AugRecord]]) -> torch.Tensor:
+    """The exact pixels `teacher` sees: every record of every image replayed at its size -> [ΣK, 3, H, W]."""
+    if teacher.image_replay is None:
+        raise ValueError(f"teacher '{teacher.name}' has no image preprocessing to replay records with")
+    replay = teacher.image_replay
+    return torch.stack([replay(img, rec) for img, recs in zip(images, records) for rec in recs])
+
+
+def _chunked(encode, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return torch.cat([encode(inputs[i:i + CHUNK]).cpu() for i in range(0, inputs.shape[0], CHUNK)])
+
+
+def image_embeddings(teachers: Sequence[Teacher], images: Sequence[Image.Image],
+                     records: Sequence[Sequence[AugRecord]]) -> list[np.ndarray]:
+    """Per sample [K, ΣD] (teachers concatenated in order)."""
+    parts = [_chunked(t.encode_images, teacher_image_inputs(t, images, records)) for t in teachers]
+    flat = torch.cat(parts, dim=1).numpy()
+    out, start = [], 0
+    for recs in records:
+        out.append(flat[start:start + len(recs)])
+        start += len(recs)
+    return out
+
+
+def audio_embeddings(teachers: Sequence[Teacher], waveforms: Sequence[np.ndarray],
+                     crops: Sequence[AudioCrops]) -> list[np.ndarray]:
+    """Per sample [K, ΣD] over the recorded crops."""
+    clips = [c.clip(w, k) for w, c in zip(waveforms, crops) for k in range(len(c.offsets))]
+    rates = {c.sample_rate for c in crops}
+    if len(rates) != 1:
+        raise ValueError(f"one batch of audio must share a sample rate, got {sorted(rates)}")
+    rate = rates.pop()
+    parts = []
+    for teacher in teachers:
+        parts.append(torch.cat([teacher.encode_audio(clips[i:i + CHUNK], rate).cpu()
+                                for i in range(0, len(clips), CHUNK)]))
+    flat = torch.cat(parts, dim=1).numpy()
+    out, start = [], 0
+    for c in crops:
+        out.append(flat[start:start + len(c.offsets)])
+        start += len(c.offsets)
+    return out
+
+
+def text_embeddings(teachers: Sequence[Teacher], texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """Per sample [len(texts[i]), ΣD]: one row per caption (real first, then synthetic)."""
+    flat_texts = [t for group in texts for t in group]
+    parts = []
+    for teacher in teachers:
+        parts.append(torch.cat([teacher.encode_texts(flat_texts[i:i + CHUNK]).cpu()
+                                for i in range(0, len(flat_texts), CHUNK)]))
+    flat = torch.cat(parts, dim=1).numpy()
+    out, start = [], 0
+    for group in texts:
+        out.append(flat[start:start + len(group)])
+        start += len(group)
+    return out
