@@ -64,6 +64,13 @@ def _search(args: argparse.Namespace) -> int:
     return run_search(args)
 
 
+@command("reinforce")
+def _reinforce(args: argparse.Namespace) -> int:
+    from mmembed.reinforce.cli import run_reinforce_command
+
+    return run_reinforce_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmembed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -89,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mmembed.export.cli import add_export_parsers
 
     add_export_parsers(sub)
+
+    from mmembed.reinforce.cli import add_reinforce_parser
+
+    add_reinforce_parser(sub)
     return parser
 
 

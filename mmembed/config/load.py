@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from omegaconf import OmegaConf
 
 from mmembed.config.schema import ExperimentConfig
 from mmembed.config.validate import ConfigError, structured_from_dict
+
+T = TypeVar("T")
 
 
 def _parse_value(raw: str) -> object:
@@ -37,6 +40,11 @@ def _apply_override(tree: dict, item: str) -> None:
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read `path` (YAML), apply overrides, and validate against ExperimentConfig (unknown keys fail)."""
+    return load_structured(ExperimentConfig, path, overrides)
+
+
+def load_structured(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Read a YAML recipe, apply `key.sub=value` overrides, validate against `cls` (unknown keys fail)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
@@ -45,7 +53,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
     for item in overrides:
         _apply_override(tree, item)
-    return structured_from_dict(ExperimentConfig, tree)
+    return structured_from_dict(cls, tree)
 
 
 def recipe_to_yaml(config: ExperimentConfig) -> str:

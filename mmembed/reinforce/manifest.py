@@ -37,7 +37,8 @@ def teacher_ids(teachers: Sequence[Teacher]) -> list[str]:
 def _settings(cfg: ReinforceConfig, captioner: Captioner | None) -> dict[str, Any]:
     settings: dict[str, Any] = {"modality": cfg.modality, "seed": cfg.seed, "storage": cfg.storage,
                                 "captioner": captioner.describe() if captioner is not None else None,
-                                "batch_size": cfg.batch_size}
+                                "batch_size": cfg.batch_size, "image_keys": cfg.image_keys,
+                                "text_keys": cfg.text_keys, "audio_keys": cfg.audio_keys}
     if cfg.modality == "image":
         settings["augment"] = asdict(cfg.augment)
     else:
