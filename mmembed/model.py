@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,8 +53,10 @@ class MultiModalModel(nn.Module):
         max_logit_scale: float = 100.0,
         eval_modules: Mapping[str, list[str]] | None = None,
         feature_cache_sizes: Mapping[str, int] | None = None,
+        input_aliases: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self.input_aliases = _check_aliases(dict(input_aliases or {}), set(towers))
         if set(towers) != set(heads):
             raise ValueError(f"towers {sorted(towers)} and heads {sorted(heads)} name different modalities")
         if max_logit_scale < 1.0:
@@ -65,6 +67,7 @@ class MultiModalModel(nn.Module):
         self.logit_scales = nn.ParameterDict()
         self.logit_biases = nn.ParameterDict()
         for (a, b), init in pairs.items():
+            a, b = self.canonical(a), self.canonical(b)
             for m in (a, b):
                 if m not in self.towers:
                     raise ValueError(f"pair ({a}, {b}) names modality '{m}', which the model lacks; "
@@ -97,6 +100,10 @@ class MultiModalModel(nn.Module):
             keep_eval(self.towers[modality], names)
         return self
 
+    def canonical(self, name: str) -> str:
+        """The modality whose tower encodes batch key `name` (itself unless it is an input alias)."""
+        return self.input_aliases.get(name, name)
+
     def _tower(self, modality: str) -> nn.Module:
         if modality not in self.towers:
             raise KeyError(f"unknown modality '{modality}'; the model has {sorted(self.towers)}")
@@ -126,17 +133,17 @@ class MultiModalModel(nn.Module):
         return self.encode_with_features(modality, inputs)[0]
 
     def forward(self, batch: Mapping[str, Any]) -> ModelOutput:
-        """Encode every model modality present in `batch`; absent (or None) modalities are left out."""
+        """Encode every model modality (and input alias) present in `batch`; absent (or None) ones are left out."""
         out = ModelOutput()
-        for modality in self.towers:
-            if batch.get(modality) is None:
+        for name in [*self.towers, *self.input_aliases]:
+            if batch.get(name) is None:
                 continue
-            out.embeddings[modality], out.features[modality] = self.encode_with_features(modality,
-                                                                                         batch[modality])
+            out.embeddings[name], out.features[name] = self.encode_with_features(self.canonical(name), batch[name])
         return out
 
     def _pair_param(self, store: nn.ParameterDict, a: str, b: str) -> nn.Parameter | None:
         # A pair's scale is symmetric, so (text, image) finds the parameter of an (image, text) pair.
+        a, b = self.canonical(a), self.canonical(b)
         for key in (pair_key(a, b), pair_key(b, a)):
             if key in store:
                 return store[key]
@@ -183,6 +190,14 @@ class MultiModalModel(nn.Module):
             tower.set_grad_checkpointing(enable)
 
 
+def _check_aliases(aliases: dict[str, str], modalities: set[str]) -> dict[str, str]:
+    for alias, base in aliases.items():
+        if alias in modalities or base not in modalities:
+            raise ValueError(f"model.input_aliases: '{alias}' -> '{base}' must map a new batch key to one of the "
+                             f"model's modalities {sorted(modalities)}")
+    return aliases
+
+
 def resolve_pair_inits(
     pairs: list[PairConfig], loss_defaults: LossDefaults
 ) -> dict[tuple[str, str], PairInit]:
@@ -216,13 +231,16 @@ def build_model(cfg: ModelConfig, loss_defaults: LossDefaults | None = None) -> 
     """Build towers and heads from the registries and one logit scale (and bias) per trained pair."""
     if not cfg.modalities:
         raise ValueError("model.modalities is empty: a model needs at least one modality")
-    known = set(cfg.modalities)
+    aliases = _check_aliases(dict(cfg.input_aliases), set(cfg.modalities))
+    known = set(cfg.modalities) | set(aliases)
     for i, pair in enumerate(cfg.pairs):
         for m in (pair.a, pair.b):
             if m not in known:
                 raise ValueError(f"model.pairs[{i}] ({pair.a}, {pair.b}) names unknown modality '{m}'; "
                                  f"model.modalities: {sorted(known)}")
-    inits = resolve_pair_inits(cfg.pairs, loss_defaults or _default_loss_defaults())
+    # Pairs naming an alias share the base pair's logit scale, so they are resolved on canonical names.
+    canonical = [replace(p, a=aliases.get(p.a, p.a), b=aliases.get(p.b, p.b)) for p in cfg.pairs]
+    inits = resolve_pair_inits(canonical, loss_defaults or _default_loss_defaults())
     towers: dict[str, nn.Module] = {}
     heads: dict[str, nn.Module] = {}
     eval_modules: dict[str, list[str]] = {}
@@ -236,4 +254,4 @@ def build_model(cfg: ModelConfig, loss_defaults: LossDefaults | None = None) -> 
             raise ValueError(f"model.modalities.{modality}.head: {err}") from err
         if mcfg.tower.freeze:
             eval_modules[modality] = frozen_submodules(tower)
-    return MultiModalModel(towers, heads, inits, cfg.max_logit_scale, eval_modules, cache_sizes)
+    return MultiModalModel(towers, heads, inits, cfg.max_logit_scale, eval_modules, cache_sizes, aliases)

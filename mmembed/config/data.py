@@ -19,6 +19,30 @@ class ShardSource:
 
 
 @dataclass
+class ReinforcedDataConfig:
+    """Training from reinforced shards (`mmembed reinforce`): stored augmentations and teacher embeddings.
+
+    Each sample replays one randomly chosen stored augmentation at the student's resolution and carries the
+    matching teacher rows as batch["teacher"][modality] for the `distill` loss; no teacher runs in training.
+    """
+
+    enabled: bool = False
+    # "two_term": `text` = real caption and `syn_key` = one sampled synthetic caption (MobileCLIP: train the
+    # pairs (image, text) and (image, text_syn), summed); "mix": `text` is a synthetic caption with
+    # probability syn_ratio, else the real one; "real": the real caption only.
+    captions: str = "two_term"
+    syn_ratio: float = 0.5
+    # Batch key of the synthetic caption in two_term mode (map it to the text tower with model.input_aliases).
+    syn_key: str = "text_syn"
+
+    def __post_init__(self) -> None:
+        if self.captions not in ("two_term", "mix", "real"):
+            raise ValueError(f"data.reinforced.captions must be two_term, mix or real, got {self.captions!r}")
+        if not 0.0 <= self.syn_ratio <= 1.0:
+            raise ValueError(f"data.reinforced.syn_ratio must lie in [0, 1], got {self.syn_ratio}")
+
+
+@dataclass
 class DataConfig:
     train: list[ShardSource] = field(default_factory=list)
     batch_size: int = 64
@@ -37,3 +61,4 @@ class DataConfig:
     # one caption, preprocessed per sample), so step times compare with `open_clip_train --dataset-type
     # synthetic`. 0 disables it.
     synthetic_image_size: int = 0
+    reinforced: ReinforcedDataConfig = field(default_factory=ReinforcedDataConfig)

@@ -73,3 +73,6 @@ class ModelConfig:
     pairs: list[PairConfig] = field(default_factory=list)
     # Upper clamp of every learned logit scale (CLIP: 100), applied after each optimizer step.
     max_logit_scale: float = 100.0
+    # Extra batch keys encoded by an existing modality's tower and head, e.g. {"text_syn": "text"} for
+    # MobileCLIP's synthetic-caption term. Pairs may name an alias; it shares its base modality's logit scale.
+    input_aliases: dict[str, str] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from mmembed.config.data import DataConfig
 from mmembed.data.plans import EpochPlan, ResampledPlan, ShardPlan, SinglePassPlan, check_enough_shards
 from mmembed.data.resume import ResumableDataLoader, parse_resume
-from mmembed.data.samples import Preprocessor, SampleDecoder, parse_key_list
+from mmembed.data.samples import Decoder, Preprocessor, SampleDecoder, parse_key_list
 from mmembed.data.sources import check_local_shards, expand_urls
 from mmembed.data.stream import BatchStream, StreamSpec
 
@@ -45,7 +45,8 @@ def build_train_loader(
     check_local_shards([url for urls in sources for url in urls])
     point = parse_resume(resume, cfg.num_workers)
     spec = StreamSpec(
-        plan=_train_plan(cfg, sources, world_size), decoder=_decoder(cfg, preprocessors, extra_keys),
+        plan=_train_plan(cfg, sources, world_size),
+        decoder=_decoder(cfg, preprocessors, extra_keys, reinforced=cfg.reinforced.enabled),
         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
         shuffle_buffer=cfg.shuffle_buffer, resume=point.consumed,
         max_empty_shards=2 * sum(len(urls) for urls in sources) + 8,
@@ -92,12 +93,16 @@ def _train_plan(cfg: DataConfig, sources: list[list[str]], world_size: int) -> S
 
 
 def _decoder(cfg: DataConfig, preprocessors: Mapping[str, Preprocessor],
-             extra_keys: Sequence[str]) -> SampleDecoder:
+             extra_keys: Sequence[str], reinforced: bool = False) -> Decoder:
     if not preprocessors:
         raise ValueError("no preprocessors: name at least one modality to load")
     keys = {"image": cfg.image_keys, "text": cfg.text_keys, "audio": cfg.audio_keys}
-    return SampleDecoder(dict(preprocessors), {m: parse_key_list(spec) for m, spec in keys.items()},
-                         tuple(extra_keys))
+    parsed = {m: parse_key_list(spec) for m, spec in keys.items()}
+    if reinforced:  # evaluation always reads plain members
+        from mmembed.data.reinforced import ReinforcedSampleDecoder  # lazy: pulls in mmembed.reinforce
+
+        return ReinforcedSampleDecoder(dict(preprocessors), parsed, cfg.reinforced, tuple(extra_keys))
+    return SampleDecoder(dict(preprocessors), parsed, tuple(extra_keys))
 
 
 def _dataloader(stream: BatchStream, num_workers: int, seed: int, first_worker: int = 0) -> DataLoader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
 from mmembed.data.rng import seeded_global_rngs
@@ -33,6 +33,17 @@ MODALITY_DECODERS: dict[str, MemberDecoder] = {
 
 # The sample key holding the global dataset index (ASCII decimal); samples without it get -1.
 INDEX_KEY = "idx"
+
+
+class Decoder(Protocol):
+    """What the stream needs of a decoder (SampleDecoder; mmembed.data.reinforced.ReinforcedSampleDecoder)."""
+
+    extra_keys: Sequence[str]
+
+    @property
+    def batch_fields(self) -> list[str]: ...
+
+    def __call__(self, raw: RawSample, sample_seed: int, restore_rngs: bool = True) -> dict[str, Any]: ...
 
 
 class SkipSample(Exception):
@@ -79,6 +90,11 @@ class SampleDecoder:
             for modality, value in decoded.items():
                 sample[modality] = self._preprocess(modality, value, raw["__key__"])
         return sample
+
+    @property
+    def batch_fields(self) -> list[str]:
+        """The per-sample fields the stream stacks into the batch (besides index, extra keys and keys)."""
+        return list(self.preprocessors)
 
     def _member(self, raw: RawSample, modality: str) -> tuple[str, bytes]:
         for ext in self.keys[modality]:

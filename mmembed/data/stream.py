@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmembed.data.collate import collate_samples
 from mmembed.data.plans import ShardPlan, WorkerSlot
 from mmembed.data.rng import derive_rng, derive_seed
-from mmembed.data.samples import SampleDecoder, SkipSample
+from mmembed.data.samples import Decoder, SkipSample
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import RawSample, shard_samples
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class StreamSpec:
     plan: ShardPlan
-    decoder: SampleDecoder
+    decoder: Decoder
     batch_size: int
     seed: int
     rank: int = 0
@@ -101,7 +101,7 @@ class BatchStream(IterableDataset):
     def _batch(self, samples: list[dict[str, Any]], worker: int, consumed: int,
                stats: SkipStats) -> dict[str, Any]:
         decoder = self.spec.decoder
-        batch = collate_samples(samples, list(decoder.preprocessors), decoder.extra_keys)
+        batch = collate_samples(samples, decoder.batch_fields, decoder.extra_keys)
         batch.update(__worker__=worker, __consumed__=consumed, __skipped__=stats.skipped)
         return batch
 
