@@ -13,6 +13,9 @@ setup:
 	$(BIN)/pip install -e ".[all]"
 	# LibAUC is only the reference for the iSogCLR parity test; its loss module needs torch and numpy alone.
 	$(BIN)/pip install --no-deps "libauc==2.0.1"
+	# espeak-ng synthesises the spoken-word data (data_tools/make_speech_data.py). Installed when missing and
+	# apt-get exists (as root, e.g. CI); elsewhere the speech tests skip and say how to install it.
+	command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq espeak-ng); } || echo "espeak-ng not installed: speech tests will skip (apt-get install espeak-ng)"
 
 test:
 	$(BIN)/pytest -q
