@@ -98,10 +98,10 @@ def test_append_teacher_equals_fresh_build(tmp_path):
         run_reinforce(reinforce_config(inputs, tmp_path / "grown", [b, a]), progress=False)
 
 
-def _recipe(tmp_path: Path, inputs: str, out: Path, teachers: list[dict]) -> Path:
+def _recipe(coca: str, inputs: str, out: Path, teachers: list[dict]) -> Path:
     tree = {"input": [inputs], "output_dir": str(out), "teachers": teachers, "batch_size": 2,
             "augment": {"num_augs": 4}, "storage": "int8",
-            "captioner": {"args": {"model_name": tiny_coca(tmp_path / "coca")}, "num_captions": 2,
+            "captioner": {"args": {"model_name": coca}, "num_captions": 2,
                           "max_length": 8, "min_length": 2}}
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(tree))
@@ -119,7 +119,8 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path):
     inputs = make_plain_shards(tmp_path / "plain", 48, 4)
     teachers = [teacher("a", tiny_clip(tmp_path / "ta", 0)), teacher("b", tiny_clip(tmp_path / "tb", 1))]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    recipe = _recipe(tmp_path, inputs, killed, teachers)
+    coca = tiny_coca(tmp_path / "coca")
+    recipe = _recipe(coca, inputs, killed, teachers)
     proc = _launch(recipe)
     deadline = time.time() + 120
     while len(list(killed.glob("*.done.json"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -128,7 +129,7 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path):
     proc.wait()
     done = len(list(killed.glob("*.done.json")))
     assert 2 <= done < 12 and not (killed / "manifest.json").exists()
-    for path in (recipe, _recipe(tmp_path, inputs, whole, teachers)):
+    for path in (recipe, _recipe(coca, inputs, whole, teachers)):
         proc = _launch(path)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out.decode()[-3000:]
