@@ -33,9 +33,11 @@ def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -
         "optim.warmup_steps": 2,
         "eval.every": 0,
         "eval.zeroshot.0.urls": f"[{val}]",
-        "eval.zeroshot.0.classnames": str(data / "classnames_all.txt"),
+        "eval.zeroshot.0.classnames": str(data / "classnames.txt"),
         "eval.zeroshot.1.urls": f"[{val}]",
-        "eval.zeroshot.1.classnames": str(data / "classnames_all.txt"),
+        "eval.zeroshot.1.classnames": str(data / "classnames.txt"),
+        "eval.zeroshot.2.urls": f"[{val}]",
+        "eval.zeroshot.2.classnames": str(data / "classnames_all.txt"),
         "eval.retrieval.0.urls": f"[{val}]",
     }
     values.update(extra)
