@@ -140,3 +140,16 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mmembed", "reinforce", "--verify", str(killed)], cwd=REPO,
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and ": OK:" in result.stdout, result.stdout + result.stderr
+
+
+def test_ranks_split_shards_and_the_last_one_writes_the_manifest(tmp_path, monkeypatch):
+    inputs = make_plain_shards(tmp_path / "plain", 6, 2)
+    cfg = reinforce_config(inputs, tmp_path / "out", [teacher("a", tiny_clip(tmp_path / "t", 0))])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not run_reinforce(cfg, progress=False)  # rank 1 alone: shard 1 only, no manifest yet
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.done.json")) == ["plain-000001.tar.done.json"]
+    monkeypatch.setenv("RANK", "0")
+    assert run_reinforce(cfg, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 6 and len(manifest["shards"]) == 3

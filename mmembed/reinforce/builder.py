@@ -38,6 +38,9 @@ log = logging.getLogger("mmembed.reinforce")
 
 @dataclass(frozen=True)
 class ShardJob:
+    # Position of the source shard in the expanded input list: it alone decides which rank owns the shard,
+    # so ranks that start at different times (or after a partial restart) never disagree.
+    index: int
     source: str
     output: Path
     # None: build from the source; else the number of teachers already stored (append the rest).
@@ -63,10 +66,10 @@ def plan_jobs(cfg: ReinforceConfig, sources: Sequence[str], ids: list[str], fing
     if len(set(names)) != len(names):
         raise ValueError("reinforce.input: shard file names must be unique (one output shard per input shard)")
     jobs = []
-    for url, name in zip(sources, names):
+    for index, (url, name) in enumerate(zip(sources, names)):
         done = read_done(out_dir / name)
         if done is None:
-            jobs.append(ShardJob(url, out_dir / name, None))
+            jobs.append(ShardJob(index, url, out_dir / name, None))
             continue
         if done.get("fingerprint") != fingerprint:
             raise ValueError(f"{out_dir / name} was built with other augmentation/captioner/storage/seed settings "
@@ -77,7 +80,7 @@ def plan_jobs(cfg: ReinforceConfig, sources: Sequence[str], ids: list[str], fing
         if ids[:len(stored)] != stored:
             raise ValueError(f"{out_dir / name} holds teachers {stored}, which are not a prefix of the recipe's "
                              f"{ids}; new teachers can only be appended at the end")
-        jobs.append(ShardJob(url, out_dir / name, len(stored)))
+        jobs.append(ShardJob(index, url, out_dir / name, len(stored)))
     return jobs
 
 
@@ -99,7 +102,7 @@ class ReinforceBuilder:
         """Build this rank's shards; returns True when the whole dataset is complete (manifest written)."""
         ids = teacher_ids(self.teachers)
         jobs = plan_jobs(self.cfg, self.sources, ids, self.fingerprint)
-        mine = [job for i, job in enumerate(jobs) if i % self.world == self.rank]
+        mine = [job for job in jobs if job.index % self.world == self.rank]
         total = _expected_samples(mine)
         with tqdm(total=total, desc=f"reinforce (rank {self.rank})", unit="sample", dynamic_ncols=True,
                   disable=not self.progress, smoothing=0.1) as bar:
