@@ -179,11 +179,18 @@ def _kd_delta(image: torch.Tensor, text: torch.Tensor, codec: str, groups: list[
 def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
     from mmembed.data.stats import SkipStats
     from mmembed.data.tar_samples import shard_samples
+    from mmembed.reinforce.builder import run_reinforce
     from mmembed.reinforce.codec import decode_array, payload_bytes
 
-    manifest = json.loads((REINFORCED / "manifest.json").read_text())
+    # The reference must be unquantised: rebuild the first demo shard with fp32 storage.
+    reference = REPO / "data/demo/reinforced_fp32"
+    cfg = load_structured(ReinforceConfig, REPO / "recipes/reinforce_demo.yaml", [
+        f"output_dir={reference}", f"teachers.0.args.checkpoint={TEACHER_RUN}", "storage=fp32",
+        f"input=[{REPO}/data/demo/train/train-000000.tar]"])
+    assert run_reinforce(cfg, progress=False)
+    manifest = json.loads((reference / "manifest.json").read_text())
     k, dim = manifest["augment"]["num_augs"], manifest["embedding_dim"]
-    raws = list(shard_samples(str(REINFORCED / "train-000000.tar"), SkipStats()))
+    raws = list(shard_samples(str(reference / "train-000000.tar"), SkipStats()))
     image = torch.stack([torch.from_numpy(decode_array(r["image_emb"])[0][0]) for r in raws])
     text = torch.stack([torch.from_numpy(decode_array(r["text_emb"])[0][0]) for r in raws])
     layouts = {"demo (K=5, 0 syn, ΣD=64)": (k, 1, dim, 1),
@@ -202,8 +209,7 @@ def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
             worst = max(worst, _kd_delta(image[start:start + 64], text[start:start + 64], codec, [dim]))
         deltas[codec] = worst
     return {"bytes_per_sample": table, "kd_abs_change_vs_fp32_max_over_batches": deltas,
-            "kd_batches": image.shape[0] // 64,
-            "note": "the stored demo set is fp16; fp32 reference = its decoded values"}
+            "kd_batches": image.shape[0] // 64, "teacher_dim": dim}
 
 
 COMMANDS = {"teacher": cmd_teacher, "build": cmd_build, "students": cmd_students, "step": cmd_step,
