@@ -29,6 +29,11 @@ def save_open_clip_dir(folder: Path, model_cfg: dict[str, Any], seed: int, size:
                                                               "preprocess_cfg": preprocess}))
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    if hasattr(model, "text_decoder"):
+        # open_clip 3.3's MultimodalTransformer never initialises text_projection (its init_parameters() is
+        # never called and would fail), so a fresh CoCa holds uninitialised memory there: NaN logits that
+        # depend on what ran before in the process.
+        torch.nn.init.normal_(model.text_decoder.text_projection, std=model.text_decoder.width ** -0.5)
     save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
     return f"local-dir:{folder}"

@@ -95,6 +95,9 @@ class OpenClipCocaCaptioner(Captioner):
         self.model = open_clip.create_model(cfg.model_name, pretrained=pretrained, device=device).eval()
         if not hasattr(self.model, "generate"):
             raise ValueError(f"captioner {cfg.model_name} is not a CoCa model (it has no generate())")
+        broken = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if broken:  # e.g. open_clip leaves a fresh CoCa's text_decoder.text_projection uninitialised
+            raise ValueError(f"captioner {cfg.model_name} has non-finite weights in {', '.join(broken[:5])}")
         pre = open_clip.get_model_preprocess_cfg(self.model)
         self.transform = open_clip.image_transform(pre["size"], is_train=False, mean=pre.get("mean"),
                                                    std=pre.get("std"))
