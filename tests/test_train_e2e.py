@@ -105,11 +105,12 @@ def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_dem
 
 
 def test_shortened_demo_learns_held_out_combinations(tmp_path: Path) -> None:
-    """Zero-shot over all 12 (colour, shape) classes on combinations never seen in training.
+    """Zero-shot on (colour, shape) combinations never seen in training, for images and for audio.
 
-    Chance is 1/12 = 8.3%. With 192 validation samples, the bar of 30% is 11 standard deviations of the
-    binomial(192, 1/12) above chance (sd = 2.0 points): a model that learned nothing passes with probability
-    below 1e-20, so the test cannot pass by luck.
+    The four held-out classes form a 2x2 block (red/blue x circle/square), so neither attribute alone names
+    the class: chance is 1/4. With 192 validation samples a model at chance has top-1 ~ binomial(192, 1/4)/192
+    with sd 3.1 points; the bar of 40% is 4.8 sd above chance (probability < 1e-6 of passing by luck per
+    modality). This run reaches 50% (image) and 73% (audio) on a 2-core CPU.
     """
     from train_support import make_small_demo
 
@@ -120,8 +121,8 @@ def test_shortened_demo_learns_held_out_combinations(tmp_path: Path) -> None:
     done = run_cli(["train", str(DEMO_RECIPE), *overrides], timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     final = json.loads((run_dir / "final_metrics.json").read_text())
-    assert final["zeroshot/image_heldout/top1"] >= 0.30, final
-    assert final["zeroshot/audio_heldout/top1"] >= 0.30, final
+    assert final["zeroshot/image_heldout/top1"] >= 0.40, final
+    assert final["zeroshot/audio_heldout/top1"] >= 0.40, final
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [line["loss"] for line in lines if "loss" in line]
     assert losses[-1] < losses[0]

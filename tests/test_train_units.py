@@ -89,6 +89,6 @@ def test_warmup_cosine_shape() -> None:
     factors = [warmup_cosine(s, 100, 10, 0.1) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(factors))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
