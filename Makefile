@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 
 setup:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	# torch/torchvision pinned explicitly so pip never reaches for a newer (CUDA, multi-GB) build.
 	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -e ".[all]"
