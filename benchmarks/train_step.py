@@ -66,7 +66,7 @@ def mmembed_recipe(args: argparse.Namespace, work: Path) -> Path:
           pairs: [{{a: image, b: text, loss: infonce}}]
         data: {{batch_size: {args.batch_size}, num_workers: {args.workers}, synthetic_image_size: 224}}
         optim: {{lr: 5.0e-4, weight_decay: 0.2, warmup_steps: 10, grad_clip: null}}
-        train: {{steps: {args.steps}, log_every: {args.log_every}, save_every: 0, precision: {args.precision},
+        train: {{steps: {args.steps}, log_every: {args.log_every}, save_every: 0, precision: "{args.precision}",
                  compile: {str(args.compile).lower()}}}
         """))
     return recipe

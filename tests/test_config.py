@@ -85,3 +85,10 @@ def test_registry_refuses_duplicates_and_validates_args() -> None:
         reg.build("a", {"widht": 9})
     with pytest.raises(KeyError, match="registered: a"):
         reg.get("b")
+
+
+def test_unquoted_yaml_no_means_full_precision(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  precision: no\n")
+    assert load_recipe(path).train.precision == "no"
+    assert load_recipe(path, ["train.precision=fp32"]).train.precision == "no"

@@ -39,6 +39,9 @@ class TrainConfig:
     log_sample_ids: bool = False
 
     def __post_init__(self) -> None:
+        # YAML 1.1 reads an unquoted `precision: no` as false; accept it, and "fp32", as full precision.
+        if self.precision in ("False", "false", "fp32"):
+            self.precision = "no"
         choices = {"precision": ("no", "bf16", "fp16"), "on_nonfinite": ("skip", "abort")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
