@@ -58,6 +58,13 @@ class PairLoss(nn.Module):
         return {}
 
 
+def reject_logit_bias(loss: str, ctx: LossContext, logit_bias: torch.Tensor | None) -> None:
+    """Softmax losses cannot learn a bias (it cancels in every row), and an unused parameter breaks DDP."""
+    if logit_bias is not None:
+        raise ValueError(f"{loss} for pair {ctx.a}-{ctx.b} takes no logit bias (a shared bias cancels in its "
+                         "softmax); remove logit_bias_init from the pair")
+
+
 LOSSES: Registry[PairLoss] = Registry("loss")
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from mmembed.losses import functional
-from mmembed.losses.base import LOSSES, LossContext, PairLoss
+from mmembed.losses.base import LOSSES, LossContext, PairLoss, reject_logit_bias
 from mmembed.losses.tiled import check_tile_size
 
 
@@ -54,9 +54,7 @@ class CWCLLoss(PairLoss):
         logit_bias: torch.Tensor | None,
         ctx: LossContext,
     ) -> dict[str, torch.Tensor]:
-        if logit_bias is not None:
-            raise ValueError(f"cwcl for pair {ctx.a}-{ctx.b} takes no logit bias (a shared bias cancels in "
-                             "its softmax); remove logit_bias_init from the pair")
+        reject_logit_bias("cwcl", ctx, logit_bias)
         p, q, frozen = self._anchor_first(x, y, ctx)
         cfg = self.config
         return {"cwcl": functional.cwcl(p, q, frozen, logit_scale, cfg.direction, tile_size=cfg.tile_size)}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from mmembed.losses import functional
-from mmembed.losses.base import LOSSES, LossContext, PairLoss
+from mmembed.losses.base import LOSSES, LossContext, PairLoss, reject_logit_bias
 from mmembed.losses.tiled import check_tile_size
 
 
@@ -65,9 +65,7 @@ class DistillLoss(PairLoss):
         logit_bias: torch.Tensor | None,
         ctx: LossContext,
     ) -> dict[str, torch.Tensor]:
-        if logit_bias is not None:
-            raise ValueError(f"distill for pair {ctx.a}-{ctx.b} takes no logit bias (a shared bias cancels "
-                             "in its softmaxes); remove logit_bias_init from the pair")
+        reject_logit_bias("distill", ctx, logit_bias)
         teacher_x = self._teachers(ctx, ctx.a, x.shape[0])
         teacher_y = self._teachers(ctx, ctx.b, y.shape[0])
         cfg = self.config

@@ -23,6 +23,7 @@ from transformers import AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtract
 
 from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, encode_windows
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.hf_common import set_hf_grad_checkpointing
 
 # Extractors whose numpy code has an exact torch twin: extractor class -> (extractor, clips) -> kwargs.
 TorchFrontEnd = Callable[[Any, torch.Tensor], dict[str, torch.Tensor]]
@@ -125,20 +126,9 @@ class HFAudioTower(nn.Module):
         return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # Non-reentrant checkpointing works with frozen inputs and under torch.compile. transformers >= 5
-        # renamed gradient_* to activation_*; older releases only have the former.
-        kwargs = {"use_reentrant": False}
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"hf_audio: {type(self.model).__name__} does not support grad checkpointing")
-        if hasattr(self.model, "activation_checkpointing_enable"):
-            if enable:
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.model.activation_checkpointing_disable()
-        elif enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
     def preprocessor(self, is_train: bool) -> Preprocessor:
         return ClipWaveform(self.sample_rate, self.clip_samples, is_train, self.cfg.eval_crops,

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.hf_common import set_hf_grad_checkpointing
 
 
 @dataclass
@@ -176,18 +177,7 @@ class HFTextTower(nn.Module):
         return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # transformers >= 5 renamed gradient_* to activation_*; older releases only have the former.
-        # Non-reentrant checkpointing works with frozen inputs (embeddings) and under torch.compile.
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.model, "activation_checkpointing_enable"):
-            if enable:
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.model.activation_checkpointing_disable()
-        elif enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
     def preprocessor(self, is_train: bool) -> Preprocessor:
         return TokenizeFixed(self.tokenizer, self.max_length)
