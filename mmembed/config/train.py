@@ -15,6 +15,9 @@ class OptimConfig:
     # Cosine decay to min_lr_ratio * lr at the last step.
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    # The fused AdamW kernel (CPU and CUDA): same update, one kernel over all tensors; on the 2-core CPU it made
+    # the ViT-S-32 optimizer step 5x faster (0.22 s -> 0.04 s) than the per-tensor loop torch picks by default.
+    fused: bool = True
     # Regex -> lr multiplier, first match wins (big_vision style), e.g. {"^towers\\.text\\.": 0.1}.
     lr_multipliers: dict[str, float] = field(default_factory=dict)
 
