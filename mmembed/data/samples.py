@@ -9,9 +9,8 @@ from typing import Any, Protocol
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
 from mmembed.data.rng import seeded_global_rngs
 from mmembed.data.tar_samples import RawSample
+from mmembed.types import Preprocessor
 
-# A per-sample preprocessor from the towers: PIL image | str | (waveform, sample_rate) -> tensor(s).
-Preprocessor = Callable[[Any], Any]
 # (member bytes, member extension) -> the value a modality's preprocessor receives.
 MemberDecoder = Callable[[bytes, str], Any]
 

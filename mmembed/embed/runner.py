@@ -19,7 +19,7 @@ from mmembed.data.decode import DecodeError
 from mmembed.embed.sources import Item, Part, resolve_parts
 from mmembed.embed.store import EmbeddingStore
 from mmembed.export.loader import OnnxTower, load_tower, read_export_config
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
 
 log = logging.getLogger("mmembed.embed")
 

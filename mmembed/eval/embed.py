@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from mmembed.towers.base import Preprocessor, TowerInput
+from mmembed.types import Preprocessor, TowerInput
 
 
 class EncodesModalities(Protocol):

@@ -20,7 +20,7 @@ from mmembed.eval.embed import EncodesModalities, inference_mode, iterate_embedd
 from mmembed.eval.retrieval import retrieval_metrics
 from mmembed.eval.templates import resolve_templates
 from mmembed.eval.zeroshot import build_zero_shot_classifier, run_zero_shot
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
 
 
 class LoaderFactory(Protocol):

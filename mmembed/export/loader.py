@@ -16,7 +16,7 @@ from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.preprocess import build_preprocessor
 from mmembed.export.tower_export import EXPORT_FORMAT, config_path
 from mmembed.export.tower_kinds import InputSpec, tower_kind
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
 
 
 def read_export_config(root: str | Path, modality: str) -> dict[str, Any]:

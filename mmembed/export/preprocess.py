@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
 
 
 def _image(spec: Mapping[str, Any], root: Path) -> Preprocessor:

@@ -18,7 +18,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from mmembed.export.stft import ConvLogMel, centre_crop_or_pad
-from mmembed.towers.base import TowerInput
+from mmembed.types import TowerInput
 
 # The folder, relative to an export directory, holding a Hugging Face text tower's tokenizer (and config).
 HF_TEXT_DIR = "text_hf"

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mmembed.registry import Registry
+from mmembed.types import Preprocessor, TowerInput
 
-# A tower's input for one batch: a tensor ([B,3,H,W] images, [B,T] waveforms, [B,L] token ids) or a dict of
-# tensors (Hugging Face tokenizer output such as input_ids + attention_mask).
-TowerInput = torch.Tensor | dict[str, torch.Tensor]
-
-# A per-sample preprocessor maps one decoded value (PIL image, str, or (waveform float32 [T], sample_rate))
-# to a fixed-shape tensor (or dict of tensors) that the default collate can stack.
-Preprocessor = Callable[[Any], Any]
+__all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "list_towers"]
 
 
 @runtime_checkable

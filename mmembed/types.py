@@ -1,0 +1,25 @@
+"""Types shared across packages, in a module with no dependency beyond torch (always installed).
+
+Data, towers, evaluation and export all speak of the same two things: what a tower's preprocessor turns one
+decoded value into, and what a tower's `encode` takes for a batch. They are defined once here, so a package
+that only needs the type never imports a tower (or the optional libraries some towers need).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# A tower's input for one batch: a tensor ([B,3,H,W] images, [B,T] waveforms, [B,L] token ids) or a dict of
+# tensors (Hugging Face tokenizer output such as input_ids + attention_mask).
+TowerInput = torch.Tensor | dict[str, torch.Tensor]
+
+# A per-sample preprocessor maps one decoded value (PIL image, str, or (waveform float32 [T], sample_rate))
+# to a fixed-shape tensor (or dict of tensors) that the default collate can stack. Classes, not lambdas, so
+# they pickle into DataLoader workers.
+Preprocessor = Callable[[Any], Any]
+
+# A batch as the data pipeline yields it: modality -> stacked inputs, plus `index`, `__key__`, ...
+Batch = dict[str, Any]
