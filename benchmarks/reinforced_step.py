@@ -164,7 +164,7 @@ def cmd_step(args: argparse.Namespace) -> dict[str, Any]:
 
 def _kd_delta(image: torch.Tensor, text: torch.Tensor, codec: str, groups: list[int]) -> float:
     from mmembed.losses.functional import distill_kd
-    from mmembed.reinforce.codec import decode_array, encode_array
+    from mmembed.reinforced_format.codec import decode_array, encode_array
 
     def stored(x: torch.Tensor) -> torch.Tensor:
         return F.normalize(torch.from_numpy(decode_array(encode_array(x.numpy(), codec, groups))[0]), dim=1)
@@ -180,7 +180,7 @@ def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
     from mmembed.data.stats import SkipStats
     from mmembed.data.tar_samples import shard_samples
     from mmembed.reinforce.builder import run_reinforce
-    from mmembed.reinforce.codec import decode_array, payload_bytes
+    from mmembed.reinforced_format.codec import decode_array, payload_bytes
 
     # The reference must be unquantised: rebuild the first demo shard with fp32 storage.
     reference = REPO / "data/demo/reinforced_fp32"

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-# The RandAugment ops a record may name (mmembed.reinforce.augment implements each).
+# The RandAugment ops a record may name (mmembed.reinforced_format.augment implements each).
 DEFAULT_RANDAUG_OPS = [
     "Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize", "Contrast",
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",

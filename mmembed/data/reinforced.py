@@ -24,10 +24,10 @@ from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_
 from mmembed.data.rng import seeded_global_rngs
 from mmembed.data.samples import INDEX_KEY, Preprocessor, SkipSample, _int_member
 from mmembed.data.tar_samples import RawSample
-from mmembed.reinforce.augment import AugRecord
-from mmembed.reinforce.codec import decode_array
-from mmembed.reinforce.embed import MEDIA_EMB, PAUG, SYN, TEXT_EMB, AudioCrops
-from mmembed.reinforce.replay_params import replay_from_transform
+from mmembed.reinforced_format.augment import AugRecord
+from mmembed.reinforced_format.codec import decode_array
+from mmembed.reinforce.teacher_embeddings import MEDIA_EMB, PAUG, SYN, TEXT_EMB, AudioCrops
+from mmembed.reinforced_format.replay_params import replay_from_transform
 from mmembed.reinforce.sample_build import stored_augs
 
 

@@ -3,7 +3,7 @@
 Importing this package is cheap; the builder, teachers and captioner load their models on use.
 """
 
-from mmembed.reinforce.augment import AugmentSampler, AugRecord, ReplayTransform
-from mmembed.reinforce.codec import decode_array, encode_array
+from mmembed.reinforced_format.augment import AugmentSampler, AugRecord, ReplayTransform
+from mmembed.reinforced_format.codec import decode_array, encode_array
 
 __all__ = ["AugRecord", "AugmentSampler", "ReplayTransform", "decode_array", "encode_array"]

@@ -18,8 +18,8 @@ from typing import Any
 
 from mmembed.config.reinforce import ReinforceConfig
 from mmembed.reinforce.captioner import Captioner
-from mmembed.reinforce.embed import TEACHERS_FILE
 from mmembed.reinforce.shard_io import atomic_write_json, read_done
+from mmembed.reinforce.teacher_embeddings import TEACHERS_FILE
 from mmembed.reinforce.teachers import Teacher
 
 MANIFEST = "manifest.json"

@@ -18,10 +18,8 @@ from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_
 from mmembed.data.rng import derive_rng, derive_seed
 from mmembed.data.samples import parse_key_list
 from mmembed.data.tar_samples import RawSample
-from mmembed.reinforce.augment import AugmentSampler, AugRecord
 from mmembed.reinforce.captioner import Captioner
-from mmembed.reinforce.codec import decode_array, encode_array
-from mmembed.reinforce.embed import (
+from mmembed.reinforce.teacher_embeddings import (
     ACROP,
     MEDIA_EMB,
     PAUG,
@@ -33,6 +31,8 @@ from mmembed.reinforce.embed import (
     text_embeddings,
 )
 from mmembed.reinforce.teachers import Teacher
+from mmembed.reinforced_format.augment import AugmentSampler, AugRecord
+from mmembed.reinforced_format.codec import decode_array, encode_array
 
 REINFORCED_MEMBERS = (PAUG, SYN, ACROP, TEXT_EMB, *MEDIA_EMB.values())
 

@@ -23,12 +23,18 @@ from mmembed.data.decode import decode_audio, decode_image, decode_text
 from mmembed.data.samples import parse_key_list
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import RawSample, shard_samples
-from mmembed.reinforce.codec import decode_array
-from mmembed.reinforce.embed import MEDIA_EMB, TEXT_EMB, audio_embeddings, image_embeddings, text_embeddings
 from mmembed.reinforce.manifest import load_manifest
 from mmembed.reinforce.sample_build import stored_augs, stored_syn
 from mmembed.reinforce.shard_io import sha256_file
+from mmembed.reinforce.teacher_embeddings import (
+    MEDIA_EMB,
+    TEXT_EMB,
+    audio_embeddings,
+    image_embeddings,
+    text_embeddings,
+)
 from mmembed.reinforce.teachers import Teacher, build_teacher
+from mmembed.reinforced_format.codec import decode_array
 
 # Largest |stored - recomputed| per component accepted for each codec (unit vectors; int8 <= max|x|/254).
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "int8": 1e-2}

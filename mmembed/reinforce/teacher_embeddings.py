@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmembed.reinforce.augment import AugRecord
 from mmembed.reinforce.teachers import Teacher
+from mmembed.reinforced_format.augment import AugRecord
 
 PAUG = "paug.json"  # list of K augmentation records
 SYN = "syn.json"  # {"syn_text": [...]}
