@@ -99,7 +99,7 @@ def _decoder(cfg: DataConfig, preprocessors: Mapping[str, Preprocessor],
     keys = {"image": cfg.image_keys, "text": cfg.text_keys, "audio": cfg.audio_keys}
     parsed = {m: parse_key_list(spec) for m, spec in keys.items()}
     if reinforced:  # evaluation always reads plain members
-        from mmembed.data.reinforced import ReinforcedSampleDecoder  # lazy: pulls in mmembed.reinforce
+        from mmembed.data.reinforced import ReinforcedSampleDecoder  # lazy: only reinforced runs replay views
 
         return ReinforcedSampleDecoder(dict(preprocessors), parsed, cfg.reinforced, tuple(extra_keys))
     return SampleDecoder(dict(preprocessors), parsed, tuple(extra_keys))

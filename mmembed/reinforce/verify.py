@@ -19,22 +19,17 @@ import numpy as np
 import torch
 
 from mmembed.config.reinforce import TeacherSpec
-from mmembed.data.decode import decode_audio, decode_image, decode_text
-from mmembed.data.samples import parse_key_list
+from mmembed.data.decode import decode_text
+from mmembed.data.samples import MODALITY_DECODERS, parse_key_list
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import RawSample, shard_samples
-from mmembed.reinforce.manifest import load_manifest
-from mmembed.reinforce.sample_build import stored_augs, stored_syn
+from mmembed.reinforce.media_build import MEDIA_BUILDS
 from mmembed.reinforce.shard_io import sha256_file
-from mmembed.reinforce.teacher_embeddings import (
-    MEDIA_EMB,
-    TEXT_EMB,
-    audio_embeddings,
-    image_embeddings,
-    text_embeddings,
-)
+from mmembed.reinforce.teacher_embeddings import text_embeddings
 from mmembed.reinforce.teachers import Teacher, build_teacher
 from mmembed.reinforced_format.codec import decode_array
+from mmembed.reinforced_format.dataset_files import load_manifest
+from mmembed.reinforced_format.members import TEXT_EMB, stored_syn
 
 # Largest |stored - recomputed| per component accepted for each codec (unit vectors; int8 <= max|x|/254).
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "int8": 1e-2}
@@ -70,15 +65,14 @@ def _samples(path: Path) -> Iterator[RawSample]:
 def check_sample(raw: RawSample, manifest: dict[str, Any]) -> list[str]:
     """Shape and value problems of one stored sample (empty when it is fine)."""
     where = f"{raw['__url__']} sample {raw['__key__']}"
-    modality, dim = manifest["modality"], manifest["embedding_dim"]
-    k = manifest["augment"]["num_augs"] if modality == "image" else manifest["audio"]["num_crops"]
+    media, dim = MEDIA_BUILDS[manifest["modality"]], manifest["embedding_dim"]
+    k = media.expected_views(manifest)
     problems = []
     try:
-        augs = stored_augs(raw, modality)
-        count = len(augs) if modality == "image" else len(augs.offsets)
+        count = media.format.num_views(media.format.read_records(raw))
         if count != k:
             problems.append(f"{where}: {count} augmentation records, expected {k}")
-        rows = {MEDIA_EMB[modality]: k, TEXT_EMB: 1 + len(stored_syn(raw))}
+        rows = {media.format.emb_member: k, TEXT_EMB: 1 + len(stored_syn(raw))}
         for key, expected in rows.items():
             emb, codec = decode_array(raw[key], f"{where} {key}")
             if emb.shape != (expected, dim) or codec != manifest["storage"] or not np.isfinite(emb).all():
@@ -104,17 +98,14 @@ def _rebuild_teachers(manifest: dict[str, Any], device: torch.device) -> list[Te
 def replay_error(raw: RawSample, manifest: dict[str, Any], teachers: list[Teacher]) -> float:
     """Max |stored - recomputed| over the sample's media and real-caption embeddings."""
     modality = manifest["modality"]
-    keys = parse_key_list(manifest[f"{modality}_keys"])
-    media_bytes = next(raw[ext] for ext in keys if ext in raw)
-    augs = stored_augs(raw, modality)
-    if modality == "image":
-        fresh = image_embeddings(teachers, [decode_image(media_bytes)], [augs])[0]
-    else:
-        fresh = audio_embeddings(teachers, [decode_audio(media_bytes)[0]], [augs])[0]
+    media = MEDIA_BUILDS[modality]
+    media_ext = next(ext for ext in parse_key_list(manifest[f"{modality}_keys"]) if ext in raw)
+    value = MODALITY_DECODERS[modality](raw[media_ext], media_ext)
+    fresh = media.teacher_embeddings(teachers, [value], [media.format.read_records(raw)])[0]
     text_ext = next(ext for ext in parse_key_list(manifest["text_keys"]) if ext in raw)
     texts = [decode_text(raw[text_ext], text_ext), *stored_syn(raw)]
     fresh_text = text_embeddings(teachers, [texts])[0]
-    stored_media, _ = decode_array(raw[MEDIA_EMB[modality]])
+    stored_media, _ = decode_array(raw[media.format.emb_member])
     stored_text, _ = decode_array(raw[TEXT_EMB])
     return float(max(np.abs(stored_media - fresh).max(), np.abs(stored_text - fresh_text).max()))
 
