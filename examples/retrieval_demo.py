@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mmembed.checkpoint import load_model
 from mmembed.embed import embed
+from mmembed.embed.search import search
 from mmembed.export import export_towers
-from mmembed.search import search
 
 
 def first_audio(shard: Path, out: Path) -> tuple[Path, str]:

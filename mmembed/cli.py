@@ -52,14 +52,14 @@ def _export(args: argparse.Namespace) -> int:
 
 @command("embed")
 def _embed(args: argparse.Namespace) -> int:
-    from mmembed.export.cli import run_embed
+    from mmembed.embed.cli import run_embed
 
     return run_embed(args)
 
 
 @command("search")
 def _search(args: argparse.Namespace) -> int:
-    from mmembed.export.cli import run_search
+    from mmembed.embed.cli import run_search
 
     return run_search(args)
 
@@ -93,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="folder for PNG plots")
     ev.add_argument("--batch-size", type=int, default=128)
 
-    from mmembed.export.cli import add_export_parsers
+    from mmembed.embed.cli import add_embed_parsers
+    from mmembed.export.cli import add_export_parser
 
-    add_export_parsers(sub)
+    add_export_parser(sub)
+    add_embed_parsers(sub)
 
     from mmembed.reinforce.cli import add_reinforce_parser
 

@@ -11,8 +11,8 @@ from test_export_support import make_model, tri_modal_tree, write_audio
 
 from mmembed.cli import main
 from mmembed.embed import embed, read_embeddings
+from mmembed.embed.search import VectorIndex, embed_queries, search
 from mmembed.export import export_towers
-from mmembed.search import VectorIndex, embed_queries, search
 
 pytest.importorskip("faiss")
 
