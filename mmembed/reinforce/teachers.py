@@ -145,7 +145,7 @@ class MmembedTeacher(Teacher):
 
     def _encode(self, modality: str, values: Sequence[Any]) -> torch.Tensor:
         from mmembed.data.collate import stack_values
-        from mmembed.train.batching import to_device
+        from mmembed.device import to_device
 
         if modality not in self._pre:
             raise ValueError(f"teacher '{self.name}' has no '{modality}' tower; it has {sorted(self._pre)}")

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from mmembed.config import ExperimentConfig, recipe_to_yaml
 from mmembed.data import build_train_loader
 from mmembed.data.synthetic import build_synthetic_loader
+from mmembed.device import to_device
 from mmembed.model import build_model, pair_key
-from mmembed.train.batching import batch_size_of, to_device
+from mmembed.train.batching import batch_size_of
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
 from mmembed.train.metrics_log import MetricsLog
 from mmembed.train.objective import Objective
