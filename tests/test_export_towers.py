@@ -14,7 +14,7 @@ from PIL import Image
 from test_export_support import IMAGE, TEXT, make_model, model_tree, strings_in, tri_modal_tree
 
 from mmembed.export import OnnxTower, export_towers, load_tower
-from mmembed.export.stft import ConvLogMel, centre_crop_or_pad
+from mmembed.towers.conv_stft import ConvLogMel, centre_crop_or_pad
 from mmembed.towers.log_mel import LogMel, crop_or_pad
 
 

@@ -17,7 +17,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from mmembed.export.stft import ConvLogMel, centre_crop_or_pad
+from mmembed.towers.conv_stft import ConvLogMel, centre_crop_or_pad
 from mmembed.types import TowerInput
 
 # The folder, relative to an export directory, holding a Hugging Face text tower's tokenizer (and config).
