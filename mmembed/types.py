@@ -23,3 +23,17 @@ Preprocessor = Callable[[Any], Any]
 
 # A batch as the data pipeline yields it: modality -> stacked inputs, plus `index`, `__key__`, ...
 Batch = dict[str, Any]
+
+
+class LinearMap:
+    """A head seen as the affine map x -> W x + b, which an exporter can fold into a tower's own projection.
+
+    `weight` [E, d] and `bias` [E] are float64 copies; `weight` None means the identity (no projection).
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
+        self.weight, self.bias = weight, bias
+
+    @property
+    def is_identity(self) -> bool:
+        return self.weight is None

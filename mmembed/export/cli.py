@@ -38,9 +38,15 @@ def run_export(args: argparse.Namespace) -> int:
               f"open_clip.create_model_and_transforms('local-dir:{result.path}'); max |Δ| {errors}")
         return 0
     from mmembed.export import export_towers
+    from mmembed.export.tower_export import NotExportableError
 
     modalities = args.modalities.split(",") if args.modalities else None
-    for res in export_towers(model, config, args.out, args.format, modalities, tolerance=args.tolerance):
+    try:
+        results = export_towers(model, config, args.out, args.format, modalities, tolerance=args.tolerance)
+    except NotExportableError as err:
+        print(f"cannot export {args.checkpoint} as {args.format}: {err}")
+        return 2
+    for res in results:
         check = f" (onnxruntime vs PyTorch max abs error {res.max_abs_error:.2e})" \
             if res.max_abs_error is not None else ""
         print(f"{res.modality}: {res.path}{check}")

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.preprocess import build_preprocessor
 from mmembed.export.tower_export import EXPORT_FORMAT, config_path
-from mmembed.export.tower_kinds import InputSpec, tower_kind
+from mmembed.towers.base import export_spec_of
+from mmembed.towers.export_spec import InputSpec
 from mmembed.types import Preprocessor
 
 
@@ -57,8 +58,8 @@ def load_tower(root: str | Path, modality: str, device: str | torch.device = "cp
     if file is None:
         raise FileNotFoundError(f"{root} holds no safetensors export of '{modality}' (files: {meta['files']}); "
                                 "load an ONNX export with mmembed.export.OnnxTower")
-    kind = tower_kind(meta["tower"]["type"], modality)
-    args = kind.local_args(dict(meta["tower"]["args"]), root)
+    spec = export_spec_of(meta["tower"]["type"])
+    args = spec.local_args(dict(meta["tower"]["args"]), root)
     tower = build_tower(TowerSpec(type=meta["tower"]["type"], args=args), where=f"{modality} export")
     head = build_head(HeadSpec(type=meta["head"]["type"], args=meta["head"]["args"]), tower.output_dim,
                       int(meta["embed_dim"]))

@@ -23,7 +23,7 @@ from torch import nn
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
 from mmembed.export.embed_tower import EmbedTower
-from mmembed.export.tower_kinds import InputSpec, TowerKind, tower_kind
+from mmembed.towers.export_spec import ExportSpec, InputSpec
 
 log = logging.getLogger("mmembed.export")
 
@@ -37,6 +37,10 @@ OUTPUT_NAME = "unit_embedding"
 
 class ExportCheckError(RuntimeError):
     """The exported file's outputs differ from PyTorch's by more than the tolerance."""
+
+
+class NotExportableError(ValueError):
+    """The tower declares that it cannot be exported to the requested format (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def assert_portable(tree: Any, where: str = "config") -> None:
                          "portable (weights come from the export, not from that path)")
 
 
-def _tower_meta(kind: TowerKind, tower: nn.Module, spec: Any, embed_dim: int, modality: str) -> dict[str, Any]:
+def _tower_meta(kind: ExportSpec, tower: nn.Module, spec: Any, embed_dim: int, modality: str) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "modality": modality, "embed_dim": embed_dim,
         "inputs": [s.to_json() for s in kind.inputs(tower)],
@@ -77,7 +81,7 @@ def _tower_meta(kind: TowerKind, tower: nn.Module, spec: Any, embed_dim: int, mo
     }
 
 
-def _write_safetensors(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, modality: str,
+def _write_safetensors(kind: ExportSpec, tower: nn.Module, head: nn.Module, root: Path, modality: str,
                        tolerance: float) -> TowerExport:
     path = root / f"{modality}.safetensors"
     save_file(state_to_safetensors(EmbedTower(tower, head, kind.inputs(tower))), str(path))
@@ -113,7 +117,7 @@ def _check_onnx(path: Path, reference: nn.Module, specs: list[InputSpec],
     return worst
 
 
-def _write_onnx(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, modality: str,
+def _write_onnx(kind: ExportSpec, tower: nn.Module, head: nn.Module, root: Path, modality: str,
                 tolerance: float) -> TowerExport:
     specs = kind.inputs(tower)
     encoder = kind.onnx_twin(tower) if kind.onnx_twin else tower
@@ -136,7 +140,7 @@ def _write_onnx(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, 
     return TowerExport(modality, path, error)
 
 
-WRITERS: dict[str, Callable[[TowerKind, nn.Module, nn.Module, Path, str, float], TowerExport]] = {
+WRITERS: dict[str, Callable[[ExportSpec, nn.Module, nn.Module, Path, str, float], TowerExport]] = {
     "safetensors": _write_safetensors,
     "onnx": _write_onnx,
 }
@@ -158,8 +162,8 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             raise ValueError(f"modality '{modality}' is not in the model; it has "
                              f"{sorted(config.model.modalities)}")
         spec = config.model.modalities[modality]
-        kind = tower_kind(spec.tower.type, modality)
         tower, head = model.towers[modality], model.heads[modality]
+        kind = _export_spec(tower, spec.tower.type, modality, fmt)
         meta = _tower_meta(kind, tower, spec, int(config.model.embed_dim), modality)
         assert_portable(meta, f"{modality}.json")
         with torch.no_grad():
@@ -175,6 +179,15 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
         config_path(root, modality).write_text(json.dumps(meta, indent=2) + "\n")
         results.append(result)
     return results
+
+
+def _export_spec(tower: nn.Module, tower_type: str, modality: str, fmt: str) -> ExportSpec:
+    """The tower's own export facts; a format it does not support fails with the reason it declares."""
+    spec: ExportSpec = tower.export_spec
+    if not spec.supports(fmt):
+        raise NotExportableError(f"modality '{modality}': the {tower_type} tower cannot be exported as {fmt}: "
+                                 f"{spec.unsupported[fmt]}")
+    return spec
 
 
 def _previous_meta(root: Path, modality: str) -> dict[str, Any]:

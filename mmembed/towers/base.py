@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from mmembed.registry import Registry
+from mmembed.towers.export_spec import ExportSpec
 from mmembed.types import Preprocessor, TowerInput
 
-__all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "list_towers"]
+__all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "export_spec_of", "list_towers"]
 
 
 @runtime_checkable
@@ -23,6 +24,8 @@ class Tower(Protocol):
 
     modality: str
     output_dim: int
+    # What exporting needs to know about this tower type (mmembed.towers.export_spec); a class attribute.
+    export_spec: ExportSpec
 
     def encode(self, inputs: TowerInput) -> torch.Tensor: ...
 
@@ -34,6 +37,13 @@ class Tower(Protocol):
 
 
 TOWERS: Registry[nn.Module] = Registry("tower")
+
+
+def export_spec_of(tower_type: str) -> ExportSpec:
+    """The export facts of a registered tower type, without building one."""
+    import mmembed.towers  # noqa: F401  (declares the built-in towers)
+
+    return TOWERS.get(tower_type).builder.export_spec
 
 
 def list_towers() -> list[str]:
