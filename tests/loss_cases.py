@@ -132,7 +132,7 @@ def _tempnet(module, x, y, s, b, data):
     the networks see detached embeddings, so it adds no embedding gradient)."""
     cfg = module.config
     with torch.no_grad():
-        tau = {A: module.predict_tau("image", x), BSIDE: module.predict_tau("text", y)}
+        tau = {A: module.predict_tau("a", x), BSIDE: module.predict_tau("b", y)}
     loss = sum(_first_visit_surrogates(x, y, tau[A], tau[BSIDE], cfg.rho)) / (B - 1)
     temperature = 0.0
     for sim, t in (((x @ y.T).detach(), tau[A]), ((y @ x.T).detach(), tau[BSIDE])):

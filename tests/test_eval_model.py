@@ -151,7 +151,7 @@ def write_isogclr_state(path: Path, num_samples: int) -> None:
     pair = PairConfig(a="image", b="text", loss="isogclr", args={"num_samples": num_samples})
     objective = Objective([pair])
     table = objective.losses["image__text"].state
-    table.tau_image.uniform_(0.005, 0.05)
+    table.tau_a.uniform_(0.005, 0.05)
     table.visits.random_(0, 4)
     save_file(state_to_safetensors(objective), str(path))
 

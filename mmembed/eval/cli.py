@@ -24,7 +24,8 @@ CLASSNAMES_FILE = "classnames.txt"
 METRICS_FILE = "metrics.jsonl"
 # A training checkpoint keeps the loss state next to its model/ folder (mmembed.train.checkpointing).
 OBJECTIVE_FILE = "objective.safetensors"
-# Per-sample temperature tables (iSogCLR's SampleTable): `<module>.tau_<anchor>` and `<module>.visits`.
+# Per-sample temperature tables (iSogCLR's SampleTable): `<module>.tau_<side>` and `<module>.visits`, where
+# side a / b is the first / second modality of the pair whose key (`image__text`) names the loss module.
 TAU_PREFIX = "tau_"
 VISITS_NAME = "visits"
 
@@ -109,8 +110,16 @@ def read_temperature_tables(objective_file: Path) -> TemperatureTables:
         module, _, name = key.rpartition(".")
         if name.startswith(TAU_PREFIX) and value.ndim == 1:
             taus, _ = tables.setdefault(module, ({}, state.get(f"{module}.{VISITS_NAME}")))
-            taus[name[len(TAU_PREFIX) :]] = value
+            taus[_anchor_name(module, name[len(TAU_PREFIX):])] = value
     return tables
+
+
+def _anchor_name(module: str, side: str) -> str:
+    """'a'/'b' -> the pair's modality, read from the loss module's key ('losses.image__text.state')."""
+    pair = next((part.split("__") for part in module.split(".") if "__" in part), None)
+    if pair is None or len(pair) != 2 or side not in ("a", "b"):
+        return side
+    return pair[0] if side == "a" else pair[1]
 
 
 def write_plots(results: list[TaskResult], model_dir: Path, plot_dir: Path) -> list[Path]:
