@@ -21,7 +21,7 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from mmembed.config import load_recipe
+    from mmembed.recipe import load_recipe
     from mmembed.train import Trainer
 
     config = load_recipe(args.recipe, args.overrides)

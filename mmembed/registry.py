@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from mmembed.config.validate import structured_from_dict
+from mmembed.config.validate import ConfigError, structured_from_dict
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ class Registry(Generic[T]):
         entry = self.get(name)
         if entry.config_cls is None:
             if args:
-                raise ValueError(f"{where or self.kind} '{name}' takes no args, got {sorted(args)}")
+                raise ConfigError(f"{where or self.kind}: {self.kind} '{name}' takes no args, got {sorted(args)}")
             return None
         return structured_from_dict(entry.config_cls, dict(args or {}), where or f"{self.kind}.{name}")
 

@@ -20,6 +20,7 @@ from mmembed.data import build_train_loader
 from mmembed.data.synthetic import build_synthetic_loader
 from mmembed.device import to_device
 from mmembed.model import build_model, pair_key
+from mmembed.recipe import complete_recipe
 from mmembed.train.batching import batch_size_of
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
 from mmembed.train.metrics_log import MetricsLog
@@ -44,7 +45,8 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, resume: str | None = None) -> None:
-        self.config = config
+        # Validated and with derived loss sizes filled in, however the config was made.
+        self.config = config = complete_recipe(config)
         self.run_dir = Path(config.output_dir)
         tc = config.train
         self.accelerator = Accelerator(
