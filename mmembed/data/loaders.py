@@ -27,7 +27,7 @@ def build_train_loader(
     resume: Mapping[str, Any] | None = None,
     extra_keys: Sequence[str] = (),
 ) -> DataLoader:
-    """Endless dict batches for step-based training (DESIGN.md section 1 "Batches").
+    """Endless dict batches for step-based training (docs/design.md, "Batches and the data pipeline").
 
     Each batch also carries `__worker__`, `__consumed__` (raw samples that worker has pulled, corrupt ones
     included) and `__skipped__` (what that worker has skipped so far). Record the latest `__consumed__` per

@@ -1,4 +1,4 @@
-"""Reinforced datasets (MobileCLIP / DataCompDR style, DESIGN.md section 3): build, verify, replay.
+"""Reinforced datasets (MobileCLIP / DataCompDR style, docs/design.md "Reinforced datasets"): build, verify, replay.
 
 Importing this package is cheap; the builder, teachers and captioner load their models on use.
 """
