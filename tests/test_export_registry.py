@@ -16,7 +16,7 @@ from mmembed.export import OnnxTower, export_towers, load_tower
 from mmembed.export.open_clip_export import export_open_clip
 from mmembed.export.open_clip_parts import NotExpressibleError, PartOptions
 from mmembed.export.tower_export import NotExportableError
-from mmembed.towers import list_towers
+from mmembed.towers import TOWERS, list_towers
 from mmembed.towers.base import export_spec_of
 from mmembed.towers.export_spec import FORMATS
 
@@ -24,8 +24,6 @@ CASES = [(name, fmt) for name in list_towers() for fmt in FORMATS]
 # The other half of an open_clip model for a tower of each slot.
 PARTNERS = {"image": ("text", {"type": "open_clip_text", "args": {"text_cfg": TINY_TEXT, "embed_dim": 24}}),
             "text": ("image", {"type": "open_clip_vision", "args": {"vision_cfg": TINY_VIT, "embed_dim": 24}})}
-MODALITY = {"open_clip_vision": "image", "timm_image": "image", "open_clip_text": "text", "hf_text": "text",
-            "audio_mel": "audio", "hf_audio": "audio"}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +32,7 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _modality(name: str) -> str:
-    assert name in MODALITY, f"add tower '{name}' to MODALITY in {__file__}"
-    return MODALITY[name]
+    return TOWERS.get(name).builder.modality
 
 
 def _model(name: str, hf_folder: Path, with_partner: bool):

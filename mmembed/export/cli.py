@@ -6,7 +6,9 @@ import argparse
 import logging
 from typing import Any
 
-EXPORT_FORMATS = ("open_clip", "safetensors", "onnx")
+from mmembed.towers.export_spec import FORMATS
+
+EXPORT_FORMATS = FORMATS
 
 
 def add_export_parser(sub: Any) -> None:
