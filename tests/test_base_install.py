@@ -31,7 +31,7 @@ BLOCKED_SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
     import mmembed.cli, mmembed.model, mmembed.eval, mmembed.data, mmembed.export, mmembed.checkpoint
-    import mmembed.losses, mmembed.reinforce, mmembed.embed
+    import mmembed.losses, mmembed.reinforce, mmembed.embed, mmembed.recipe, mmembed.reinforced_format.media
     from mmembed.config.model import TowerSpec
     from mmembed.registry import MissingDependencyError
     from mmembed.towers import build_tower
