@@ -51,5 +51,6 @@ def run_export(args: argparse.Namespace) -> int:
     for res in results:
         check = f" (onnxruntime vs PyTorch max abs error {res.max_abs_error:.2e})" \
             if res.max_abs_error is not None else ""
-        print(f"{res.modality}: {res.path}{check}")
+        tokenizer = f"; tokenizer for clients: {res.tokenizer}" if res.tokenizer is not None else ""
+        print(f"{res.modality}: {res.path}{check}{tokenizer}")
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from mmembed.export.client_tokenizer import TOKENIZER_SUFFIX
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.preprocess import build_preprocessor
 from mmembed.export.tower_export import EXPORT_FORMAT, config_path
@@ -23,7 +24,7 @@ from mmembed.types import Preprocessor
 def read_export_config(root: str | Path, modality: str) -> dict[str, Any]:
     path = config_path(Path(root), modality)
     if not path.is_file():
-        found = sorted(p.stem for p in Path(root).glob("*.json"))
+        found = sorted(p.stem for p in Path(root).glob("*.json") if not p.name.endswith(TOKENIZER_SUFFIX))
         raise FileNotFoundError(f"no export of modality '{modality}' in {root} (no {path.name}); "
                                 f"exported modalities there: {found}")
     meta = json.loads(path.read_text())

@@ -8,6 +8,7 @@ exceeds the tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from torch import nn
 
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
+from mmembed.export.client_tokenizer import write_client_tokenizer
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.towers.export_spec import ExportSpec, InputSpec
 
@@ -49,6 +51,8 @@ class TowerExport:
     path: Path
     # ONNX only: the largest |onnxruntime - PyTorch| over every checked shape.
     max_abs_error: float | None = None
+    # Text towers: the tokenizer shipped for clients without mmembed (None when there is none).
+    tokenizer: Path | None = None
 
 
 def config_path(root: Path, modality: str) -> Path:
@@ -170,6 +174,11 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             result = WRITERS[fmt](kind, tower, head, root, modality, tolerance)
         if kind.write_files is not None:
             kind.write_files(tower, root, fmt == "safetensors")
+        tokenizer = write_client_tokenizer(kind, tower, root, modality)
+        if tokenizer is not None:
+            meta["tokenizer"] = tokenizer
+            if tokenizer["file"]:
+                result = dataclasses.replace(result, tokenizer=root / tokenizer["file"])
         previous = _previous_meta(root, modality)
         meta["files"] = previous.get("files", {}) | {fmt: result.path.name}
         if "onnx_check" in previous and fmt != "onnx":

@@ -3,7 +3,8 @@
 Like timm's per-model `default_cfgs`, the facts live next to the tower: its input tensors (names, dtypes,
 shapes with dynamic axes), its inference preprocessing as plain JSON, how to strip build-machine paths from
 its recipe arguments, an ONNX-friendly twin when its graph needs one, files it needs besides the weights,
-how it maps onto an open_clip slot, and, for every format it cannot be exported to, why. mmembed.export reads
+how it maps onto an open_clip slot, a text tower's tokenizer for clients without mmembed, and, for every format
+it cannot be exported to (or a tokenizer it cannot ship), why. mmembed.export reads
 these; a registry-wide test exports every tower to every format or checks the declared reason.
 """
 
@@ -22,6 +23,18 @@ from mmembed.types import LinearMap, TowerInput
 
 # The formats of `mmembed export --format`.
 FORMATS = ("open_clip", "safetensors", "onnx")
+# Key of `ExportSpec.unsupported` for a text tower that ships no tokenizer with its per-tower export.
+CLIENT_TOKENIZER = "tokenizer"
+
+
+@dataclass(frozen=True)
+class ClientTokenizer:
+    """A text tower's tokenizer for clients without mmembed: a `tokenizers`-library tokenizer as JSON (with
+    padding and truncation set, so `encode_batch` gives the model's input shapes) and, per model input, the
+    `tokenizers.Encoding` field that feeds it ("ids", "attention_mask")."""
+
+    json: str
+    inputs: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -91,10 +104,20 @@ class ExportSpec:
     # The tower (+ its head as a linear map) as an open_clip CustomTextCLIP slot ("visual" or "text").
     open_clip: OpenClipPartFn | None = None
     open_clip_slot: str | None = None
-    # format -> why this tower type cannot be exported to it.
+    # Text towers: the tokenizer shipped with per-tower exports, so clients tokenize without mmembed; raises
+    # NotExpressibleError (with the reason) for a configuration the tokenizers library cannot express.
+    client_tokenizer: Callable[[nn.Module], ClientTokenizer] | None = None
+    # format (or CLIENT_TOKENIZER) -> why this tower type cannot be exported to it (or ships no tokenizer).
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = set(self.unsupported) - {*FORMATS, CLIENT_TOKENIZER}
+        if unknown:
+            raise ValueError(f"export spec: unsupported names {sorted(unknown)}; known: {[*FORMATS, CLIENT_TOKENIZER]}")
+        if CLIENT_TOKENIZER in self.unsupported and (self.client_tokenizer is not None
+                                                     or not str(self.unsupported[CLIENT_TOKENIZER]).strip()):
+            raise ValueError("export spec: a tokenizer is declared unsupported while one is given, or without a "
+                             "reason")
         for fmt in FORMATS:
             if fmt in self.unsupported and not str(self.unsupported[fmt]).strip():
                 raise ValueError(f"export spec: format '{fmt}' is declared unsupported without a reason")
@@ -111,6 +134,10 @@ class ExportSpec:
 
     def supports(self, fmt: str) -> bool:
         return fmt not in self.unsupported and self._capable(fmt)
+
+    def declares_client_tokenizer(self) -> bool:
+        """What a text tower's spec must do: give a tokenizer for clients, or the reason it has none."""
+        return self.client_tokenizer is not None or CLIENT_TOKENIZER in self.unsupported
 
 
 # -- facts several towers share ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from mmembed.towers.base import TOWERS, Preprocessor
-from mmembed.towers.export_spec import ExportSpec, InputSpec
+from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
 from mmembed.towers.hf_common import set_hf_grad_checkpointing
 from mmembed.towers.open_clip_slots import NotExpressibleError, OpenClipPart, PartOptions, module_state
 from mmembed.types import LinearMap
@@ -177,6 +177,22 @@ def _local_args(args: dict[str, Any], root: Path) -> dict[str, Any]:
     return {**args, "path": str(root / args["path"])}
 
 
+def _client_tokenizer(tower: nn.Module) -> ClientTokenizer:
+    """The Hugging Face tokenizer's own tokenizers-library form, set to pad and truncate as TokenizeFixed."""
+    from tokenizers import Tokenizer
+
+    hf = tower.tokenizer
+    if not getattr(hf, "is_fast", False):
+        raise NotExpressibleError(f"text tower: the model's tokenizer ({type(hf).__name__}) has no tokenizers-"
+                                  "library (fast) version to ship")
+    tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    length = int(tower.max_length)
+    tokenizer.enable_truncation(max_length=length, direction=hf.truncation_side)
+    tokenizer.enable_padding(length=length, pad_id=hf.pad_token_id, pad_token=hf.pad_token,
+                             pad_type_id=hf.pad_token_type_id, direction=hf.padding_side)
+    return ClientTokenizer(tokenizer.to_str(), {"input_ids": "ids", "attention_mask": "attention_mask"})
+
+
 # mmembed pooling -> open_clip pooler with the same arithmetic. open_clip's MaxPooler fills the *kept*
 # positions with -inf (masked_fill(mask, -inf)), so max pooling has no faithful counterpart.
 _HF_POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}
@@ -222,7 +238,7 @@ class HFTextTower(nn.Module):
         inputs=_export_inputs, preprocess=_export_preprocess, portable_args=_portable_args,
         write_files=_write_files, local_args=_local_args,
         check_sizes=lambda t: [{"seq": 5}, {"seq": min(int(t.max_length), 24)}],
-        open_clip=_open_clip_part, open_clip_slot="text")
+        open_clip=_open_clip_part, open_clip_slot="text", client_tokenizer=_client_tokenizer)
 
     def __init__(self, cfg: HFTextConfig) -> None:
         super().__init__()

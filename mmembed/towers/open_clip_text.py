@@ -20,9 +20,16 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
 from mmembed.towers.base import TOWERS, Preprocessor
-from mmembed.towers.export_spec import ExportSpec, InputSpec, without
+from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec, without
 from mmembed.towers.open_clip_common import load_tower_checkpoint, resolve_open_clip_cfg, text_state
-from mmembed.towers.open_clip_slots import OpenClipPart, PartOptions, fold_linear, fold_matrix, module_state
+from mmembed.towers.open_clip_slots import (
+    NotExpressibleError,
+    OpenClipPart,
+    PartOptions,
+    fold_linear,
+    fold_matrix,
+    module_state,
+)
 from mmembed.types import LinearMap
 
 
@@ -59,6 +66,18 @@ def _export_preprocess(tower: nn.Module) -> dict[str, Any]:
             "context_length": int(tower.context_length)}
 
 
+def _client_tokenizer(tower: nn.Module) -> ClientTokenizer:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from mmembed.towers.clip_tokenizer_json import clip_bpe_tokenizer
+
+    if not isinstance(tower.tokenizer, SimpleTokenizer):
+        raise NotExpressibleError(f"text tower: open_clip's {type(tower.tokenizer).__name__} (model "
+                                  f"'{tower.cfg.model_name}') is not written out for clients; only SimpleTokenizer is")
+    tokenizer = clip_bpe_tokenizer(tower.tokenizer, int(tower.context_length))
+    return ClientTokenizer(tokenizer.to_str(), {"text": "ids"})
+
+
 def _open_clip_part(tower: nn.Module, head: LinearMap, opts: PartOptions) -> OpenClipPart:
     """open_clip's own text transformer, with a linear head folded into its `text_projection`."""
     info = tower.open_clip_cfg()
@@ -74,7 +93,8 @@ def _open_clip_part(tower: nn.Module, head: LinearMap, opts: PartOptions) -> Ope
 class OpenClipTextTower(nn.Module):
     modality = "text"
     export_spec = ExportSpec(inputs=_token_inputs, preprocess=_export_preprocess,
-                             portable_args=without("pretrained"), open_clip=_open_clip_part, open_clip_slot="text")
+                             portable_args=without("pretrained"), open_clip=_open_clip_part, open_clip_slot="text",
+                             client_tokenizer=_client_tokenizer)
 
     def __init__(self, cfg: OpenClipTextConfig) -> None:
         super().__init__()
