@@ -52,5 +52,5 @@ def run_search(args: argparse.Namespace) -> int:
                            strict=True):
         print(f"query: {query}")
         for rank, hit in enumerate(hits, 1):
-            print(f"  {rank:>2}. {hit.score:+.4f}  {hit.id}")
+            print(f"  {rank:>2}. {hit.score:+.4f}  {hit.id}  {hit.describe()}".rstrip())
     return 0
