@@ -81,13 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
     train.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
 
-    ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint")
+    ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint",
+                        description="Zero-shot classification or retrieval of a checkpoint on the given shards. "
+                                    "Zero-shot prompts default to OpenAI's 80 ImageNet templates ('openai'), "
+                                    "not the recipe's own eval templates, so numbers can differ from the "
+                                    "training log; --templates recipe uses the recipe's.")
     ev.add_argument("checkpoint", help="run dir, checkpoint dir or model dir")
     ev.add_argument("--task", choices=["zeroshot", "retrieval"], required=True)
     ev.add_argument("--data", nargs="+", required=True, help="shard urls (brace patterns allowed)")
     ev.add_argument("--classnames", help="zero-shot: file with one class name per line")
     ev.add_argument("--templates", default="openai",
-                    help="set names (openai, simple, audio; comma-separated), a file of templates, or one '...{}...'")
+                    help="zero-shot prompts (default: openai, OpenAI's 80 ImageNet templates, which are not the "
+                         "recipe's own): set names (openai, simple, audio; comma-separated), 'recipe' (the "
+                         "checkpoint recipe's zero-shot task for --modality), a file with one template per line, "
+                         "or one '...{}...'")
     ev.add_argument("--modality", default="image", help="zero-shot: modality to classify")
     ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
     ev.add_argument("--plot", help="folder for PNG plots")

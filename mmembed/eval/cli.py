@@ -7,7 +7,7 @@ that evaluation during training runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
 from mmembed.eval.evaluate import LoaderFactory, TaskResult, run_tasks
 from mmembed.eval.plots import plot_confusion_matrix, plot_temperature_histogram, plot_training_curves
 from mmembed.eval.table import format_table
-from mmembed.eval.templates import PLACEHOLDER
+from mmembed.eval.templates import PLACEHOLDER, render, resolve_templates
 
 CLASSNAMES_FILE = "classnames.txt"
 METRICS_FILE = "metrics.jsonl"
@@ -30,6 +30,10 @@ TAU_PREFIX = "tau_"
 VISITS_NAME = "visits"
 
 TemperatureTables = dict[str, tuple[dict[str, np.ndarray], np.ndarray | None]]
+# `--templates` default: open_clip's OPENAI_IMAGENET_TEMPLATES (80 prompts), not what a recipe's eval uses.
+DEFAULT_TEMPLATES = "openai"
+# `--templates recipe`: the prompts of the checkpoint recipe's zero-shot task for the same modality.
+RECIPE_TEMPLATES = "recipe"
 
 
 @dataclass
@@ -42,6 +46,8 @@ class EvalRequest:
     modality: str
     pair: str
     batch_size: int
+    # The checkpoint recipe's zero-shot tasks (for `--templates recipe` and the note above the table).
+    recipe_zeroshot: list[ZeroShotTask] = field(default_factory=list)
 
     @property
     def task_name(self) -> str:
@@ -57,6 +63,42 @@ def parse_templates_arg(arg: str) -> list[str]:
     if PLACEHOLDER in arg:
         return [arg]
     return [name.strip() for name in arg.split(",") if name.strip()]
+
+
+def _recipe_task(request: EvalRequest) -> ZeroShotTask | None:
+    return next((t for t in request.recipe_zeroshot if t.modality == request.modality), None)
+
+
+def template_specs(request: EvalRequest) -> list[str]:
+    """What `--templates` names, with `recipe` replaced by the recipe's own task's templates."""
+    if request.templates != RECIPE_TEMPLATES:
+        return parse_templates_arg(request.templates)
+    task = _recipe_task(request)
+    if task is None:
+        names = [f"{t.name} ({t.modality})" for t in request.recipe_zeroshot]
+        raise ValueError(f"--templates recipe: the checkpoint's recipe has no zero-shot task for modality "
+                         f"'{request.modality}' (its tasks: {names or 'none'}); pass set names, a file or a "
+                         f"'...{PLACEHOLDER}...' template")
+    return list(task.templates)
+
+
+def templates_note(request: EvalRequest) -> str:
+    """The line printed above a zero-shot table: which prompts were used and, when they differ, the recipe's."""
+    used = [render(t, PLACEHOLDER) for t in resolve_templates(template_specs(request))]
+    task = _recipe_task(request)
+    if request.templates == DEFAULT_TEMPLATES:
+        source = f"set '{DEFAULT_TEMPLATES}' (OpenAI's ImageNet prompts, the --templates default)"
+    elif request.templates == RECIPE_TEMPLATES and task is not None:
+        source = f"the recipe's task '{task.name}'"
+    else:
+        source = repr(request.templates)
+    note = f"zero-shot prompts: {len(used)} templates from {source}"
+    own = [render(t, PLACEHOLDER) for t in resolve_templates(task.templates)] if task else used
+    if own != used:
+        shown = ", ".join(repr(t) for t in own[:3]) + (", ..." if len(own) > 3 else "")
+        note += (f"; the recipe's own eval ('{task.name}') uses {len(own)} others ({shown}), so training-time "
+                 f"numbers differ: --templates {RECIPE_TEMPLATES} uses them")
+    return note
 
 
 def _classnames_path(request: EvalRequest) -> Path:
@@ -75,7 +117,7 @@ def _classnames_path(request: EvalRequest) -> Path:
 def _zeroshot_config(request: EvalRequest) -> EvalConfig:
     task = ZeroShotTask(name=request.task_name, modality=request.modality, urls=list(request.data),
                         classnames=str(_classnames_path(request)),
-                        templates=parse_templates_arg(request.templates))
+                        templates=template_specs(request))
     return EvalConfig(batch_size=request.batch_size, zeroshot=[task])
 
 
@@ -162,13 +204,16 @@ def run_eval_command(
         raise ValueError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
     if not data:
         raise ValueError("no eval data given: pass shard urls")
-    request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size)
+    model, config = load_model(checkpoint_dir)
+    request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size,
+                          list(config.eval.zeroshot))
     eval_cfg = TASK_CONFIGS[task](request)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(checkpoint_dir)
     model.to(device)
     results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
     metrics = {name: value for result in results for name, value in result.metrics.items()}
+    if task == "zeroshot":
+        print(templates_note(request))
     print(format_table(metrics))
     if plot_dir is not None:
         for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
