@@ -165,3 +165,16 @@ def test_every_text_tower_ships_a_tokenizer_or_says_why(name: str) -> None:
     cls = TOWERS.get(name).builder
     if cls.modality == "text":
         assert cls.export_spec.declares_client_tokenizer(), f"{name}: no client_tokenizer in export_spec, no reason"
+
+
+def test_export_spec_checks_the_tokenizer_declaration() -> None:
+    from mmembed.towers.export_spec import ExportSpec, image_inputs
+
+    base = {"inputs": image_inputs, "preprocess": lambda t: {}, "unsupported": {"open_clip": "no slot for it"}}
+    with pytest.raises(ValueError, match="unsupported names"):
+        ExportSpec(**{**base, "unsupported": {"open_clip": "no slot", "tokeniser": "typo"}})
+    with pytest.raises(ValueError, match="without a reason"):
+        ExportSpec(**{**base, "unsupported": {"open_clip": "no slot", "tokenizer": " "}})
+    assert not ExportSpec(**base).declares_client_tokenizer()
+    assert ExportSpec(**{**base, "unsupported": {"open_clip": "x", "tokenizer": "no vocabulary"}}
+                      ).declares_client_tokenizer()

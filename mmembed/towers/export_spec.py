@@ -3,9 +3,9 @@
 Like timm's per-model `default_cfgs`, the facts live next to the tower: its input tensors (names, dtypes,
 shapes with dynamic axes), its inference preprocessing as plain JSON, how to strip build-machine paths from
 its recipe arguments, an ONNX-friendly twin when its graph needs one, files it needs besides the weights,
-how it maps onto an open_clip slot, a text tower's tokenizer for clients without mmembed, and, for every format
-it cannot be exported to (or a tokenizer it cannot ship), why. mmembed.export reads
-these; a registry-wide test exports every tower to every format or checks the declared reason.
+how it maps onto an open_clip slot, a text tower's tokenizer for clients without mmembed, and, for every
+format it cannot be exported to (or a tokenizer it cannot ship), why. mmembed.export reads these; a
+registry-wide test exports every tower to every format or checks the declared reason.
 """
 
 from __future__ import annotations
