@@ -50,6 +50,7 @@ def build_train_loader(
         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
         shuffle_buffer=cfg.shuffle_buffer, resume=point.consumed,
         max_empty_shards=2 * sum(len(urls) for urls in sources) + 8,
+        max_consecutive_skips=cfg.max_consecutive_skips,
     )
     return _dataloader(BatchStream(spec), cfg.num_workers, seed, first_worker=point.next_worker)
 
