@@ -161,6 +161,8 @@ def run_eval_command(
     results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
     metrics = {name: value for result in results for name, value in result.metrics.items()}
     print(format_table(metrics))
+    for result in results:
+        print(result.counts())
     if plot_dir is not None:
         for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
             print(f"wrote {path}")

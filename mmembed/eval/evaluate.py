@@ -6,6 +6,7 @@ Metric names: `zeroshot/<task>/{top1,top5,mean_per_class_recall}` and
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from mmembed.eval.retrieval import retrieval_metrics
 from mmembed.eval.templates import resolve_templates
 from mmembed.eval.zeroshot import build_zero_shot_classifier, run_zero_shot
 from mmembed.towers.base import Preprocessor
+
+log = logging.getLogger("mmembed.eval")
 
 
 class LoaderFactory(Protocol):
@@ -47,6 +50,24 @@ class TaskResult:
     confusion: np.ndarray | None = None
     classnames: list[str] | None = None
     seconds: float = 0.0
+    # Samples evaluated, and samples the loader skipped as corrupt or incomplete (None: the loader does not say).
+    samples: int = 0
+    skipped: int | None = None
+    unreadable_shards: int = 0
+
+    def counts(self) -> str:
+        """'<kind>/<name>: N samples used, M skipped' (plus unreadable shard parts, whose samples are lost)."""
+        skipped = "an unknown number" if self.skipped is None else str(self.skipped)
+        lost = f", {self.unreadable_shards} unreadable shard parts" if self.unreadable_shards else ""
+        return f"{self.kind}/{self.name}: {self.samples} samples used, {skipped} skipped{lost}"
+
+
+def _skip_counts(loader: Any) -> tuple[int | None, int]:
+    """(samples skipped, unreadable shard parts) of a finished mmembed loader; (None, 0) for other iterables."""
+    counts = getattr(loader, "skip_counts", None)
+    if counts is None:
+        return None, 0
+    return int(counts.get("samples", 0)), int(counts.get("shards", 0))
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -95,7 +116,7 @@ def run_zero_shot_task(
                            device=device, progress=progress, desc=f"zeroshot/{task.name}")
     metrics = {f"zeroshot/{task.name}/{k}": v for k, v in result.metrics().items()}
     return TaskResult("zeroshot", task.name, metrics, result.confusion, classnames,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, result.num_samples, *_skip_counts(loader))
 
 
 def run_retrieval_task(
@@ -123,7 +144,9 @@ def run_retrieval_task(
     values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
                                b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
-    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start)
+    skipped, shards = _skip_counts(loader)
+    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
+                      samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards)
 
 
 def run_tasks(
@@ -162,4 +185,5 @@ def evaluate(
         for result in run_tasks(model, eval_cfg, device=device, progress=progress,
                                 loader_factory=loader_factory):
             metrics.update(result.metrics)
+            log.info("%s", result.counts())
     return metrics
