@@ -23,6 +23,7 @@ from torch import nn
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
 from mmembed.export.embed_tower import EmbedTower
+from mmembed.export.hygiene import export_clock, finish_export
 from mmembed.export.tower_kinds import InputSpec, TowerKind, tower_kind
 
 log = logging.getLogger("mmembed.export")
@@ -150,6 +151,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
         raise ValueError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    started = export_clock()
     wanted = list(modalities) if modalities is not None else list(config.model.modalities)
     results = []
     model = model.eval()
@@ -174,6 +176,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             meta["onnx_check"] = {"max_abs_error": result.max_abs_error, "tolerance": tolerance}
         config_path(root, modality).write_text(json.dumps(meta, indent=2) + "\n")
         results.append(result)
+    finish_export(root, started)
     return results
 
 
