@@ -18,6 +18,10 @@ class UserError(Exception):
     """A problem with the user's input, files or environment, described in one line."""
 
 
+class UsageError(UserError, ValueError):
+    """A command-line argument or API argument outside what the command accepts."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named (or that a run needs) does not exist."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmembed.config.reinforce import ReinforceConfig
+from mmembed.errors import CorruptFileError, MissingFileError
 from mmembed.reinforce.captioner import Captioner
 from mmembed.reinforce.embed import TEACHERS_FILE
 from mmembed.reinforce.shard_io import atomic_write_json, read_done
@@ -90,9 +91,14 @@ def _merge_sizes(path: Path, sizes: dict[str, int]) -> None:
 def load_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {directory}: the build is unfinished (re-run the same "
+        raise MissingFileError(f"no {MANIFEST} in {directory}: the build is unfinished (re-run the same "
                                 "`mmembed reinforce` command to complete it) or this is not a reinforced dataset")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(path, "not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+        raise CorruptFileError(path, f"unknown format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest
