@@ -22,6 +22,14 @@ class UsageError(UserError, ValueError):
     """A command-line argument or API argument outside what the command accepts."""
 
 
+class UnknownNameError(UserError, KeyError):
+    """A name (modality, task, registered component) that is not among the known ones."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would print the message in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named (or that a run needs) does not exist."""
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.errors import DataError, MissingFileError, UnknownNameError, UsageError
 from mmembed.eval.embed import EncodesModalities, inference_mode, iterate_embeddings
 from mmembed.eval.retrieval import retrieval_metrics
 from mmembed.eval.templates import resolve_templates
@@ -74,10 +75,10 @@ def read_classnames(path: str | Path) -> list[str]:
     """Class names, one per line (blank lines skipped); line order is the label order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class-name file not found: {path}")
+        raise MissingFileError(f"class-name file not found: {path}")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"class-name file {path} has no class names")
+        raise UsageError(f"class-name file {path} has no class names (one per line expected)")
     return names
 
 
@@ -91,7 +92,7 @@ def _modality_preprocessors(model: EncodesModalities, modalities: Sequence[str])
     available = model.preprocessors(is_train=False)
     missing = [m for m in modalities if m not in available]
     if missing:
-        raise KeyError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
+        raise UnknownNameError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
     return {m: available[m] for m in modalities}
 
 
@@ -130,7 +131,7 @@ def run_retrieval_task(
 ) -> TaskResult:
     start = time.perf_counter()
     if task.a == task.b:
-        raise ValueError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
+        raise UsageError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
     loader = loader_factory(list(task.urls), _modality_preprocessors(model, [task.a, task.b]),
                             batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=())
     chunks: dict[str, list[torch.Tensor]] = {task.a: [], task.b: []}
@@ -140,7 +141,7 @@ def run_retrieval_task(
             for modality, emb in embeddings.items():
                 chunks[modality].append(emb)
     if not chunks[task.a]:
-        raise ValueError(f"retrieval task '{task.name}' found no samples in {list(task.urls)}")
+        raise DataError(f"retrieval task '{task.name}' found no usable samples in {list(task.urls)}")
     values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
                                b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
@@ -164,7 +165,7 @@ def run_tasks(
         # Metric names are keyed by task name, so a repeat would silently overwrite the first task's results.
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
+            raise UsageError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
     kwargs = {"device": device, "progress": progress, "loader_factory": factory}
     results = [run_zero_shot_task(model, task, cfg, **kwargs) for task in cfg.zeroshot]
     results += [run_retrieval_task(model, task, cfg, **kwargs) for task in cfg.retrieval]

@@ -22,6 +22,7 @@ from torch import nn
 
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
+from mmembed.errors import UsageError
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.hygiene import export_clock, finish_export
 from mmembed.export.tower_kinds import InputSpec, TowerKind, tower_kind
@@ -148,7 +149,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
     """Write `<modality>.<safetensors|onnx>` + `<modality>.json` for each modality (default: all) into
     `out`. Exporting both formats into one folder keeps one JSON listing both files."""
     if fmt not in WRITERS:
-        raise ValueError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
+        raise UsageError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     started = export_clock()
@@ -157,7 +158,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
     model = model.eval()
     for modality in wanted:
         if modality not in config.model.modalities:
-            raise ValueError(f"modality '{modality}' is not in the model; it has "
+            raise UsageError(f"modality '{modality}' is not in the model; it has "
                              f"{sorted(config.model.modalities)}")
         spec = config.model.modalities[modality]
         kind = tower_kind(spec.tower.type, modality)
