@@ -8,7 +8,6 @@ files an export wrote get 0666 minus the umask, like any file written with open(
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,24 @@ from mmembed.integrity import shareable
 
 # Node metadata keys that hold build-machine paths (torch's dynamo ONNX exporter).
 PATH_METADATA_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
-# Files last modified this long before the export started still count as written by it (coarse fs clocks).
-CLOCK_SLACK_S = 1.0
+
+FileStamps = dict[Path, tuple[int, int]]
 
 
-def export_clock() -> float:
-    """Call before writing; pass the value to `finish_export`."""
-    return time.time()
+def file_stamps(root: Path) -> FileStamps:
+    """(inode, mtime in ns) of every file under `root`: call before writing, pass to `finish_export`."""
+    if not root.is_dir():
+        return {}
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def finish_export(root: Path, started: float) -> None:
-    """Scrub the ONNX files and fix the permissions of every file under `root` written since `started`.
+def finish_export(root: Path, before: FileStamps) -> None:
+    """Scrub the ONNX files and fix the permissions of every file under `root` the export created or rewrote.
 
-    Files that were already in `root` before the export (e.g. a user's own) are left untouched.
+    Files that were in `root` before the export and were not touched by it (e.g. a user's own) stay as they are.
     """
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.is_symlink() or path.stat().st_mtime < started - CLOCK_SLACK_S:
+    for path, stamp in sorted(file_stamps(root).items()):
+        if before.get(path) == stamp or path.is_symlink():
             continue
         if path.suffix == ".onnx":
             scrub_onnx(path)

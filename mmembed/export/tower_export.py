@@ -24,7 +24,7 @@ from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
 from mmembed.errors import UsageError
 from mmembed.export.embed_tower import EmbedTower
-from mmembed.export.hygiene import export_clock, finish_export
+from mmembed.export.hygiene import file_stamps, finish_export
 from mmembed.export.tower_kinds import InputSpec, TowerKind, tower_kind
 
 log = logging.getLogger("mmembed.export")
@@ -152,7 +152,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
         raise UsageError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    started = export_clock()
+    before = file_stamps(root)
     wanted = list(modalities) if modalities is not None else list(config.model.modalities)
     results = []
     model = model.eval()
@@ -177,7 +177,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             meta["onnx_check"] = {"max_abs_error": result.max_abs_error, "tolerance": tolerance}
         config_path(root, modality).write_text(json.dumps(meta, indent=2) + "\n")
         results.append(result)
-    finish_export(root, started)
+    finish_export(root, before)
     return results
 
 

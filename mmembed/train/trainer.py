@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
+from mmembed.collective import agree_on_failure
 from mmembed.config import ExperimentConfig, recipe_to_yaml
 from mmembed.data import build_train_loader
 from mmembed.data.synthetic import build_synthetic_loader
@@ -22,7 +23,7 @@ from mmembed.errors import UserError
 from mmembed.model import build_model, pair_key
 from mmembed.train.batching import batch_size_of, to_device
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
-from mmembed.train.faults import NonFiniteLoss, agree_on_failure, report_nonfinite
+from mmembed.train.faults import NonFiniteLoss, report_nonfinite
 from mmembed.train.metrics_log import MetricsLog
 from mmembed.train.objective import Objective
 from mmembed.train.optim import build_optimizer, build_scheduler, param_groups
@@ -142,22 +143,24 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         acc, tc = self.accelerator, self.config.train
+        batches = self._loader()  # first: a bad shard path fails before the run folder is created
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(recipe_to_yaml(self.config))
         self.metrics = MetricsLog(self.run_dir, acc.is_main_process)
-        batches = self._loader()
         timer = Throughput()
         bar = tqdm(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
                    desc="train", unit="step", dynamic_ncols=True)
         step = self.state.step
-        while step < tc.steps:
-            micro = self._next_micro_batches(batches, timer)
-            output = self._train_step(micro, step)
-            step += 1
-            bar.update(1)
-            self._after_step(step, output, timer, bar)
-        bar.close()
+        try:
+            while step < tc.steps:
+                micro = self._next_micro_batches(batches, timer)
+                output = self._train_step(micro, step)
+                step += 1
+                bar.update(1)
+                self._after_step(step, output, timer, bar)
+        finally:
+            bar.close()  # before any error message, which must be the last line the user sees
         final = self._finish(step)
         return TrainResult(step=step, run_dir=self.run_dir, final_metrics=final)
 
