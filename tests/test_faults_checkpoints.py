@@ -187,3 +187,33 @@ def test_checkpoint_files_are_readable_as_the_umask_allows(small_demo: Path, tmp
             os.umask(old)
         files = [p for p in checkpoint(run, 1).rglob("*") if p.is_file()]
         assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: file_mode for p in files}
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it would create `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_pickle_is_never_executed(run: Path, small_demo: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile optimizer.pt (with its checksum rewritten to match) is refused unexecuted, like bit rot."""
+    marker = tmp_path / "pwned"
+    torch.save({"state": {}, "param_groups": [], "payload": _Payload(marker)}, checkpoint(run, 4) / "optimizer.pt")
+    rewrite_checksums(checkpoint(run, 4))
+    caplog.set_level(logging.WARNING, logger="mmembed.train")
+    assert Trainer(tiny_config(small_demo, run), resume="latest").state.step == 2
+    assert not marker.exists()
+    assert any("optimizer.pt" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_resuming_with_another_world_size_is_refused(run: Path, small_demo: Path) -> None:
+    meta_path = checkpoint(run, 4) / "trainer.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(UserError, match=r"written by 2 processes.*got 1"):
+        Trainer(tiny_config(small_demo, run), resume="latest")

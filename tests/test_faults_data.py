@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import signal
+import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,11 +36,15 @@ from mmembed.data.decode import DecodeError, decode_audio, decode_image
 from mmembed.errors import DataError
 
 
+class Hang(BaseException):
+    """Not an Exception: webdataset's error handlers, which swallow Exceptions, must not swallow this one."""
+
+
 @contextmanager
 def within(seconds: float) -> Iterator[None]:
     """Fail instead of hanging: the old behaviour of these inputs was to spin forever."""
     def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no result within {seconds} s: the pipeline hangs")
+        raise Hang(f"no result within {seconds} s: the pipeline hangs")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -70,6 +75,19 @@ def test_samples_all_missing_a_modality_stop_with_one_error(captionless: list[st
     assert "none of ['txt', 'text', 'caption', 'json']" in message  # which member, and what was there
     assert all(Path(shard).name in message for shard in captionless)
     assert "data.max_consecutive_skips" in message and "rank 0" in message
+
+
+def test_shards_without_any_sample_stop_with_one_error(tmp_path: Path) -> None:
+    empty = []
+    for i in range(3):
+        path = tmp_path / f"empty-{i}.tar"
+        with tarfile.open(path, "w") as tar:  # a valid tar holding only a stray file without a sample key
+            info = tarfile.TarInfo("README")
+            tar.addfile(info, io.BytesIO(b""))
+        empty.append(str(path))
+    cfg = DataConfig(train=[ShardSource(urls=empty)], num_workers=0)
+    with within(60), pytest.raises(DataError, match=r"shards read .*held no samples"):
+        next(iter(build_train_loader(cfg, PLAIN, batch_size=4, seed=0)))
 
 
 def test_repeated_skips_are_rate_limited(captionless: list[str], caplog: pytest.LogCaptureFixture) -> None:
