@@ -186,6 +186,7 @@ def test_checkpoint_files_are_readable_as_the_umask_allows(small_demo: Path, tmp
         finally:
             os.umask(old)
         files = [p for p in checkpoint(run, 1).rglob("*") if p.is_file()]
+        assert {"model.safetensors", "objective.safetensors", "optimizer.pt", "rank0.pt"} <= {p.name for p in files}
         assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: file_mode for p in files}
 
 
