@@ -132,6 +132,32 @@ def test_training_on_captionless_shards_exits_with_one_line(captionless: list[st
     assert proc.stderr.count("skipped sample") <= 3
 
 
+@pytest.mark.slow
+def test_two_process_run_stops_on_both_ranks_when_one_ranks_shard_is_bad(captionless: list[str], small_demo: Path,
+                                                                          tmp_path: Path) -> None:
+    """accelerate launch, 2 processes, one good and one caption-less shard split between the ranks: the rank
+    reading the bad shard stops with the data error, the other with 'rank R failed ...', both in bounded time."""
+    import os
+    import subprocess
+    import sys
+
+    from train_support import REPO
+
+    urls = f'["{captionless[0]}","{small_demo / "train" / "train-000002.tar"}"]'
+    args = [*cli_overrides(small_demo, tmp_path / "run"), f"data.train.0.urls={urls}", "data.resampled=false",
+            "data.max_consecutive_skips=16", "data.shuffle_buffer=0"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29547", "-m", "mmembed", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mmembed train: error: ")]
+    assert any("the last 16 samples were all unusable" in line and "nocap-0.tar" in line for line in errors), \
+        proc.stderr[-4000:]
+    assert any(re.search(r"rank [01] failed while loading its next batch", line) for line in errors), \
+        proc.stderr[-4000:]
+
+
 # -- decoding -----------------------------------------------------------------------------------------
 def _encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
     buffer = io.BytesIO()
