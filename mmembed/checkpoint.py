@@ -62,8 +62,8 @@ def read_checkpoint_meta(checkpoint_dir: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(path, f"not valid JSON (truncated?): {err}") from err
-    if not isinstance(meta, dict) or "step" not in meta:
-        raise CorruptFileError(path, "not a training checkpoint's metadata (no 'step')")
+    if not isinstance(meta, dict) or not {"step", "world_size"} <= set(meta):
+        raise CorruptFileError(path, "not a training checkpoint's metadata (needs 'step' and 'world_size')")
     return meta
 
 

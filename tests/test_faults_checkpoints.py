@@ -218,3 +218,32 @@ def test_resuming_with_another_world_size_is_refused(run: Path, small_demo: Path
     meta_path.write_text(json.dumps({**meta, "world_size": 2}))
     with pytest.raises(UserError, match=r"written by 2 processes.*got 1"):
         Trainer(tiny_config(small_demo, run), resume="latest")
+
+
+@pytest.mark.slow
+def test_two_process_resume_falls_back_together(small_demo: Path, tmp_path: Path) -> None:
+    """accelerate launch, 2 processes: LATEST's weights damaged; both ranks skip it, resume from the older
+    checkpoint and finish (the main process verifies, all ranks agree)."""
+    import subprocess
+    import sys
+
+    from fault_support import cli_overrides
+    from train_support import REPO
+
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "launch/cpu_2proc.yaml"), "--main_process_port", "29549", "-m", "mmembed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*launch, *cli_overrides(small_demo, run, steps=4), *extra], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-4000:]
+    overwrite_middle(checkpoint(run, 4) / "model" / "model.safetensors")
+    resumed = train("train.steps=5", "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "skipping checkpoint" in resumed.stderr and "model.safetensors" in resumed.stderr
+    assert resumed.stderr.count("step_00000002 at step 2") == 2  # "resumed from ...", once per rank
+    assert latest(run) == "step_00000005"
