@@ -80,7 +80,7 @@ def _distill_pair(dim: int = 64, lam: float = 1.0) -> dict[str, Any]:
 def train(config: ExperimentConfig) -> dict[str, float]:
     from mmembed.train import Trainer
 
-    return Trainer(config).fit().final_metrics
+    return Trainer(config, overwrite=True).fit().final_metrics  # a re-run replaces its own runs
 
 
 def cmd_teacher(args: argparse.Namespace) -> dict[str, Any]:

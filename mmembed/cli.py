@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ def _train(args: argparse.Namespace) -> int:
     from mmembed.train import Trainer
 
     config = load_recipe(args.recipe, args.overrides)
-    result = Trainer(config, resume=args.resume).fit()
+    result = Trainer(config, resume=args.resume, overwrite=args.overwrite).fit()
     print(f"finished at step {result.step}; checkpoint and logs in {result.run_dir}")
     return 0
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="recipes/*.yaml")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
     train.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an output_dir that holds another run: deletes its checkpoints and logs")
 
     ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint",
                         description="Zero-shot classification or retrieval of a checkpoint on the given shards. "
@@ -109,14 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     from mmembed.reinforce.cli import add_reinforce_parser
 
     add_reinforce_parser(sub)
+    _add_debug_flags(parser, sub)
     return parser
 
 
+DEBUG_ENV = "MMEMBED_DEBUG"
+
+
+def _add_debug_flags(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """`--debug` before or after the subcommand; the subcommand's copy must not reset the top-level value."""
+    text = f"show the traceback of user errors too (or set {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=text)
+    for subparser in sub.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. A UserError becomes one line on stderr and exit code 2; bugs keep their traceback."""
+    from mmembed.errors import UserError, one_line
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"mmembed {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

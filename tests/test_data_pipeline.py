@@ -106,6 +106,16 @@ def test_epoch_mode_reads_each_sample_once_per_epoch_in_a_new_order(tmp_path):
     assert first != second
 
 
+def test_shuffle_buffer_reorders_samples_within_one_shard(tmp_path):
+    """One shard, one worker: shard-order shuffling cannot help, so any reordering is the buffer's."""
+    shards = write_numbered_shards(tmp_path, "o", list(range(40)), per_shard=40)
+    for buffer, shuffled in ((0, False), (10, True)):
+        cfg = _train_cfg([ShardSource(urls=[shards.pattern])], resampled=False, shuffle_buffer=buffer)
+        numbers = _numbers(list(itertools.islice(build_train_loader(cfg, PLAIN, batch_size=8, seed=0), 5)))
+        assert sorted(numbers) == list(range(40))
+        assert (numbers != list(range(40))) == shuffled, (buffer, numbers)
+
+
 def _write_damaged_shard(tmp_path) -> list[str]:
     """Good samples 0..5 plus: a truncated PNG, garbage FLAC, no caption, a non-integer idx."""
     good = [f"g{n:05d}" for n in range(6)]

@@ -63,6 +63,7 @@ def test_cli_surface_is_frozen() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     flags = {name: sorted(opt for action in p._actions for opt in action.option_strings if opt != "-h")
              for name, p in sub.choices.items()}
-    assert flags["train"] == ["--help", "--resume"]
+    assert flags["train"] == ["--debug", "--help", "--overwrite", "--resume"]
+    assert all("--debug" in options for options in flags.values()), flags
     assert set(flags) == {"train", "eval", "export", "embed", "search", "reinforce"}
     assert all(len(options) <= 16 for options in flags.values()), flags

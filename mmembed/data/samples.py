@@ -46,7 +46,20 @@ class Decoder(Protocol):
 
 
 class SkipSample(Exception):
-    """A sample that cannot be used (missing or corrupt member); the reason names what is wrong."""
+    """A sample that cannot be used (missing or corrupt member); the message names what is wrong.
+
+    `reason` is the short cause that skips are grouped by (logging, the stall error): by default the message
+    up to its first " (" or ": ", e.g. "missing text" or "image member 'jpg'".
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or _short_reason(message)
+
+
+def _short_reason(message: str) -> str:
+    cuts = [i for i in (message.find(" ("), message.find(": ")) if i > 0]
+    return message[: min(cuts)] if cuts else message
 
 
 @dataclass(frozen=True)

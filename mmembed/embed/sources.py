@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_text
+from mmembed.errors import MissingFileError
 
 
 class Item(NamedTuple):
@@ -56,7 +57,7 @@ def folder_parts(root: Path, modality: str, part_size: int) -> list[Part]:
     """Every file under `root` with a suffix of `modality`, sorted; ids are paths relative to `root`."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES[modality])
     if not files:
-        raise FileNotFoundError(f"no {modality} files ({', '.join(SUFFIXES[modality])}) under {root}")
+        raise MissingFileError(f"no {modality} files ({', '.join(SUFFIXES[modality])}) under {root}")
     items = [_file_item(p, p.relative_to(root).as_posix(), modality) for p in files]
     return _chunk(items, part_size)
 
@@ -157,6 +158,6 @@ def resolve_parts(inputs: list[str], modality: str, part_size: int, text_column:
     urls = expand_urls(inputs)
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
-        raise FileNotFoundError(f"inputs not found (expected a folder, a .csv/.tsv/.jsonl file or .tar shards): "
+        raise MissingFileError(f"inputs not found (expected a folder, a .csv/.tsv/.jsonl file or .tar shards): "
                                 f"{missing[:5]}")
     return shard_parts(urls, modality)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmembed.checkpoint import atomic_write_text
+from mmembed.errors import MissingFileError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 ABOUT_FILE = "about.jsonl"
@@ -126,7 +127,7 @@ def read_embeddings(root: str | Path) -> tuple[np.ndarray, list[str]]:
         emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
         return emb, [str(i) for i in table.column("id").to_pylist()]
     if not (root / "embeddings.npy").is_file():
-        raise FileNotFoundError(f"no embeddings.npy or embeddings.parquet in {root} (is the embed run done?)")
+        raise MissingFileError(f"no embeddings.npy or embeddings.parquet in {root} (is the embed run done?)")
     ids = (root / "ids.txt").read_text().splitlines()
     return np.load(root / "embeddings.npy").astype(np.float32), ids
 

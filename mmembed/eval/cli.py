@@ -15,6 +15,7 @@ import torch
 from safetensors.numpy import load_file
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.errors import MissingFileError, UsageError
 from mmembed.eval.evaluate import LoaderFactory, TaskResult, run_tasks
 from mmembed.eval.plots import plot_confusion_matrix, plot_temperature_histogram, plot_training_curves
 from mmembed.eval.table import format_table
@@ -110,7 +111,7 @@ def _classnames_path(request: EvalRequest) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} next "
+    raise MissingFileError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} next "
                             f"to the shards or one folder up (looked for {', '.join(map(str, candidates))})")
 
 
@@ -124,7 +125,7 @@ def _zeroshot_config(request: EvalRequest) -> EvalConfig:
 def _retrieval_config(request: EvalRequest) -> EvalConfig:
     parts = [p.strip() for p in request.pair.split(",")]
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
+        raise UsageError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
                          f"got {request.pair!r}")
     task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1])
     return EvalConfig(batch_size=request.batch_size, retrieval=[task])
@@ -201,9 +202,9 @@ def run_eval_command(
     from mmembed.checkpoint import load_model, resolve_model_dir
 
     if task not in TASK_CONFIGS:
-        raise ValueError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
+        raise UsageError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
     if not data:
-        raise ValueError("no eval data given: pass shard urls")
+        raise UsageError("no eval data given: pass shard urls")
     model, config = load_model(checkpoint_dir)
     request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size,
                           list(config.eval.zeroshot))
@@ -215,6 +216,8 @@ def run_eval_command(
     if task == "zeroshot":
         print(templates_note(request))
     print(format_table(metrics))
+    for result in results:
+        print(result.counts())
     if plot_dir is not None:
         for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
             print(f"wrote {path}")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from mmembed.errors import MissingFileError
 from mmembed.export.client_tokenizer import TOKENIZER_SUFFIX
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.preprocess import build_preprocessor
@@ -25,7 +26,7 @@ def read_export_config(root: str | Path, modality: str) -> dict[str, Any]:
     path = config_path(Path(root), modality)
     if not path.is_file():
         found = sorted(p.stem for p in Path(root).glob("*.json") if not p.name.endswith(TOKENIZER_SUFFIX))
-        raise FileNotFoundError(f"no export of modality '{modality}' in {root} (no {path.name}); "
+        raise MissingFileError(f"no export of modality '{modality}' in {root} (no {path.name}); "
                                 f"exported modalities there: {found}")
     meta = json.loads(path.read_text())
     if meta.get("format") != EXPORT_FORMAT:
@@ -57,7 +58,7 @@ def load_tower(root: str | Path, modality: str, device: str | torch.device = "cp
     meta = read_export_config(root, modality)
     file = meta["files"].get("safetensors")
     if file is None:
-        raise FileNotFoundError(f"{root} holds no safetensors export of '{modality}' (files: {meta['files']}); "
+        raise MissingFileError(f"{root} holds no safetensors export of '{modality}' (files: {meta['files']}); "
                                 "load an ONNX export with mmembed.export.OnnxTower")
     spec = export_spec_of(meta["tower"]["type"])
     args = spec.local_args(dict(meta["tower"]["args"]), root)
@@ -79,7 +80,7 @@ class OnnxTower:
         self.config = read_export_config(root, modality)
         file = self.config["files"].get("onnx")
         if file is None:
-            raise FileNotFoundError(f"{root} holds no ONNX export of '{modality}' "
+            raise MissingFileError(f"{root} holds no ONNX export of '{modality}' "
                                     f"(files: {self.config['files']})")
         available = ort.get_available_providers()
         chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

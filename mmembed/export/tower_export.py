@@ -23,8 +23,10 @@ from torch import nn
 
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
+from mmembed.errors import UsageError
 from mmembed.export.client_tokenizer import write_client_tokenizer
 from mmembed.export.embed_tower import EmbedTower
+from mmembed.export.hygiene import file_stamps, finish_export
 from mmembed.towers.export_spec import ExportSpec, InputSpec
 
 log = logging.getLogger("mmembed.export")
@@ -155,15 +157,16 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
     """Write `<modality>.<safetensors|onnx>` + `<modality>.json` for each modality (default: all) into
     `out`. Exporting both formats into one folder keeps one JSON listing both files."""
     if fmt not in WRITERS:
-        raise ValueError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
+        raise UsageError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    before = file_stamps(root)
     wanted = list(modalities) if modalities is not None else list(config.model.modalities)
     results = []
     model = model.eval()
     for modality in wanted:
         if modality not in config.model.modalities:
-            raise ValueError(f"modality '{modality}' is not in the model; it has "
+            raise UsageError(f"modality '{modality}' is not in the model; it has "
                              f"{sorted(config.model.modalities)}")
         spec = config.model.modalities[modality]
         tower, head = model.towers[modality], model.heads[modality]
@@ -187,6 +190,7 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             meta["onnx_check"] = {"max_abs_error": result.max_abs_error, "tolerance": tolerance}
         config_path(root, modality).write_text(json.dumps(meta, indent=2) + "\n")
         results.append(result)
+    finish_export(root, before)
     return results
 
 

@@ -2,9 +2,10 @@
 
 Checks, per shard in the manifest: the file exists with the recorded sha256 and sample count; every sample
 holds its records and embeddings with the expected shapes (K x ΣD media rows, 1 + n_syn text rows) and
-finite values. Then, for the first `replay` samples, the teachers are rebuilt from `teachers.json` (their
-weights must still match the recorded checksums), each stored augmentation is replayed, and the teacher's
-fresh embedding must equal the stored one within the storage codec's error.
+finite values. Then, for a seeded random subset of samples (`replay` of them, or as many as a stated
+detection guarantee needs: mmembed.reinforce.replay_sampling), the teachers are rebuilt from `teachers.json`
+(their weights must still match the recorded checksums), each stored augmentation is replayed, and the
+teacher's fresh embedding must equal the stored one within the storage codec's error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mmembed.data.samples import MODALITY_DECODERS, parse_key_list
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import RawSample, shard_samples
 from mmembed.reinforce.media_build import MEDIA_BUILDS
+from mmembed.reinforce.replay_sampling import ReplayPlan
 from mmembed.reinforce.shard_io import sha256_file
 from mmembed.reinforce.teacher_embeddings import text_embeddings
 from mmembed.reinforce.teachers import Teacher, build_teacher
@@ -43,6 +45,7 @@ class VerifyReport:
     replayed: int = 0
     max_replay_error: float = 0.0
     errors: list[str] = field(default_factory=list)
+    plan: ReplayPlan | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,6 +55,8 @@ class VerifyReport:
         status = "OK" if self.ok else f"FAILED ({len(self.errors)} problems)"
         lines = [f"{self.directory}: {status}: {self.shards} shards, {self.samples} samples, "
                  f"{self.replayed} samples replayed through the teachers (max |Δ| {self.max_replay_error:.2e})"]
+        if self.plan is not None:
+            lines.append(f"  {self.plan.describe()}")
         return "\n".join(lines + [f"  - {e}" for e in self.errors[:50]])
 
 
@@ -110,23 +115,31 @@ def replay_error(raw: RawSample, manifest: dict[str, Any], teachers: list[Teache
     return float(max(np.abs(stored_media - fresh).max(), np.abs(stored_text - fresh_text).max()))
 
 
-def verify_dataset(directory: str | Path, *, replay: int = 1, device: str = "cpu") -> VerifyReport:
+def verify_dataset(directory: str | Path, *, replay: int | None = 1, device: str = "cpu", detect: float = 0.01,
+                   confidence: float = 0.99, seed: int | None = None) -> VerifyReport:
+    """Check counts, checksums and shapes of every sample, and replay a random subset through the teachers:
+    `replay` samples, or (replay=None) as many as catching a corrupted fraction >= `detect` with probability
+    >= `confidence` needs. `seed` (default: fresh, printed in the report) picks the subset."""
     directory = Path(directory)
     manifest = load_manifest(directory)
     report = VerifyReport(str(directory))
+    report.plan = ReplayPlan.build(int(manifest["num_samples"]), count=replay, fraction=detect,
+                                   confidence=confidence, seed=seed)
     to_replay: list[RawSample] = []
+    offset = 0  # index of the shard's first sample, by the manifest's counts
     for name, info in manifest["shards"].items():
         path = directory / name
         report.shards += 1
+        first, offset = offset, offset + int(info["samples"])
         if not path.is_file() or sha256_file(path) != info["sha256"]:
             report.errors.append(f"{path}: missing or its sha256 differs from the manifest")
             continue
         count = 0
         for raw in _samples(path):
+            if first + count in report.plan.indices:
+                to_replay.append(raw)
             count += 1
             report.errors += check_sample(raw, manifest)
-            if len(to_replay) < replay:
-                to_replay.append(raw)
         report.samples += count
         if count != info["samples"]:
             report.errors.append(f"{path}: {count} samples, the manifest records {info['samples']}")

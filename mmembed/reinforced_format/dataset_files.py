@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmembed.errors import CorruptFileError, MissingFileError
+
 MANIFEST = "manifest.json"
 TEACHERS_FILE = "teachers.json"
 SIZES = "sizes.json"
@@ -20,11 +22,16 @@ FORMAT = "mmembed-reinforced/1"
 def load_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {directory}: the build is unfinished (re-run the same "
-                                "`mmembed reinforce` command to complete it) or this is not a reinforced dataset")
-    manifest = json.loads(path.read_text())
+        raise MissingFileError(f"no {MANIFEST} in {directory}: the build is unfinished (re-run the same "
+                               "`mmembed reinforce` command to complete it) or this is not a reinforced dataset")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(path, "not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+        raise CorruptFileError(path, f"unknown format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest
 
 
