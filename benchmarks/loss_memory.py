@@ -33,6 +33,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class Result:
     device: str
     batch: int
     peak_bytes: int | None  # None: skipped (would not fit)
-    seconds: float | None
+    seconds: float | None  # best of the timed steps
+    median_seconds: float | None = None
 
 
 def _open_clip_loss(tile: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -108,8 +110,8 @@ def _step(loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, scale: torch.Tens
 
 def measure(
     impl: str, batch: int, dim: int, device: str, tile: int, repeats: int, threads: int
-) -> tuple[int, float]:
-    """Run in a fresh process: (peak bytes above the inputs, best step seconds)."""
+) -> tuple[int, list[float]]:
+    """Run in a fresh process: (peak bytes above the inputs, seconds of each timed step)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     loss_fn = IMPLS[impl](tile)
@@ -122,10 +124,10 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         times = [_step(loss_fn, x, y, scale) for _ in range(repeats)]
-        return torch.cuda.max_memory_allocated() - base, min(times)
+        return torch.cuda.max_memory_allocated() - base, times
     base, reset = _reset_cpu_peak()
     times = [_step(loss_fn, x, y, scale) for _ in range(repeats)]
-    return _cpu_peak(reset) - base, min(times)
+    return _cpu_peak(reset) - base, times
 
 
 def _free_bytes(device: str) -> int:
@@ -144,8 +146,8 @@ def run_one(impl: str, batch: int, args: argparse.Namespace, device: str) -> Res
     spawn = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         job = pool.submit(measure, impl, batch, args.dim, device, args.tile, args.repeats, args.threads)
-        peak, seconds = job.result()
-    return Result(impl, device, batch, peak, seconds)
+        peak, times = job.result()
+    return Result(impl, device, batch, peak, min(times), statistics.median(times))
 
 
 def _fmt(value: float | None, unit: str) -> str:
