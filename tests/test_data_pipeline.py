@@ -194,3 +194,32 @@ def test_variable_shape_preprocessor_fails_with_a_clear_error(tmp_path):
     ragged = {"text": lambda text: torch.zeros(len(text))}
     with pytest.raises(ValueError, match=r"cannot batch 'text'.*fixed shape"):
         list(build_eval_loader([shards.pattern], ragged, batch_size=4, extra_keys=()))
+
+
+class _StackInWorker(torch.utils.data.IterableDataset):
+    """Yields, from inside a DataLoader worker, what stack_values made of a few fields."""
+
+    def __iter__(self):
+        import numpy as np
+
+        from mmembed.data.collate import stack_values
+
+        images = [torch.full((3, 4, 4), float(i)) for i in range(3)]
+        stacked = stack_values("image", images)
+        nested = stack_values("teacher", [{"image": torch.ones(2) * i, "n": i} for i in range(3)])
+        arrays = stack_values("audio", [np.arange(4, dtype=np.float32) + i for i in range(3)])
+        yield {"shared": stacked.is_shared(), "nested_shared": nested["image"].is_shared(), "image": stacked.clone(),
+               "nested": nested, "arrays": arrays.clone()}
+
+
+def test_worker_collate_stacks_into_private_memory_with_default_collates_values():
+    """In a worker, batches are stacked into ordinary memory (the result queue moves them into shared memory on its
+    own thread, docs/benchmarks.md "Data loader per worker"); the values are default_collate's."""
+    from torch.utils.data import DataLoader, default_collate
+
+    (out,) = list(DataLoader(_StackInWorker(), batch_size=None, num_workers=1))
+    assert not out["shared"] and not out["nested_shared"]
+    assert torch.equal(out["image"], default_collate([torch.full((3, 4, 4), float(i)) for i in range(3)]))
+    assert torch.equal(out["nested"]["image"], torch.stack([torch.ones(2) * i for i in range(3)]))
+    assert out["nested"]["n"].tolist() == [0, 1, 2]
+    assert out["arrays"].dtype == torch.float32 and out["arrays"][:, 0].tolist() == [0.0, 1.0, 2.0]

@@ -6,13 +6,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
+
+
+def _stack_tensors(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
+    return torch.stack(list(batch))
+
+
+# default_collate's rules (tensors, numpy arrays, numbers, dicts, ...) with one change: tensors are stacked
+# into ordinary memory. Inside a DataLoader worker, default_collate stacks into a fresh shared-memory segment
+# on the worker's own thread, paying its page faults (~12% of a worker's CPU time for 224 px float images)
+# before it can decode the next sample. Stacked privately, the batch is moved into shared memory by the result
+# queue's feeder thread, in parallel with the next batch, as open_clip's webdataset pipeline does
+# (docs/benchmarks.md, "Data loader per worker").
+_COLLATE_FNS = {**default_collate_fn_map, torch.Tensor: _stack_tensors}
 
 
 def stack_values(name: str, values: list[Any]) -> Any:
     """Stack one field across samples; tensors, dicts of tensors and numbers all work (default_collate)."""
     try:
-        return default_collate(values)
+        return collate(values, collate_fn_map=_COLLATE_FNS)
     except (RuntimeError, TypeError) as err:
         shapes = sorted({str(tuple(v.shape)) for v in values if isinstance(v, torch.Tensor)})
         detail = f" (shapes {', '.join(shapes)})" if len(shapes) > 1 else ""
