@@ -80,13 +80,14 @@ def test_verify_catches_tampering_and_missing_manifest(tmp_path):
         verify_dataset(tmp_path / "out")
 
 
-def test_append_teacher_equals_fresh_build(tmp_path):
+@pytest.mark.parametrize("storage", ["fp16", "int8_residual"])
+def test_append_teacher_equals_fresh_build(tmp_path, storage):
     inputs = make_plain_shards(tmp_path / "plain", 5, 3)
     a, b = teacher("a", tiny_clip(tmp_path / "ta", 0)), teacher("b", tiny_clip(tmp_path / "tb", 1, embed_dim=16))
-    assert run_reinforce(reinforce_config(inputs, tmp_path / "grown", [a]), progress=False)
+    assert run_reinforce(reinforce_config(inputs, tmp_path / "grown", [a], storage=storage), progress=False)
     before = _samples(tmp_path / "grown")
-    assert run_reinforce(reinforce_config(inputs, tmp_path / "grown", [a, b]), progress=False)
-    assert run_reinforce(reinforce_config(inputs, tmp_path / "fresh", [a, b]), progress=False)
+    assert run_reinforce(reinforce_config(inputs, tmp_path / "grown", [a, b], storage=storage), progress=False)
+    assert run_reinforce(reinforce_config(inputs, tmp_path / "fresh", [a, b], storage=storage), progress=False)
     grown = json.loads((tmp_path / "grown" / "manifest.json").read_text())
     fresh = json.loads((tmp_path / "fresh" / "manifest.json").read_text())
     assert grown == fresh
@@ -94,8 +95,11 @@ def test_append_teacher_equals_fresh_build(tmp_path):
     old, _ = decode_array(before[0]["image_emb"])
     new, _ = decode_array(after[0]["image_emb"])
     assert new.shape == (3, 40) and np.array_equal(new[:, :24], old)
+    assert [s["image_emb"] for s in after] == [s["image_emb"] for s in _samples(tmp_path / "fresh")]
+    report = verify_dataset(tmp_path / "grown", replay=2)
+    assert report.ok, report.summary()
     with pytest.raises(ValueError, match="not a prefix"):
-        run_reinforce(reinforce_config(inputs, tmp_path / "grown", [b, a]), progress=False)
+        run_reinforce(reinforce_config(inputs, tmp_path / "grown", [b, a], storage=storage), progress=False)
 
 
 def _recipe(coca: str, inputs: str, out: Path, teachers: list[dict]) -> Path:

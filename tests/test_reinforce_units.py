@@ -18,8 +18,9 @@ from torchvision.transforms import InterpolationMode
 from mmembed.config.reinforce import AugmentConfig, CaptionerSpec
 from mmembed.losses.functional import distill_kd
 from mmembed.reinforce.captioner import build_captioner, clean_caption, is_degenerate
+from mmembed.reinforced_format import residual_codec
 from mmembed.reinforced_format.augment import RANDAUG_OPS, AugmentSampler, AugRecord, ReplayTransform
-from mmembed.reinforced_format.codec import decode_array, encode_array, payload_bytes
+from mmembed.reinforced_format.codec import append_teachers, decode_array, encode_array, payload_bytes
 
 
 def _image(w: int = 57, h: int = 43, seed: int = 0) -> Image.Image:
@@ -62,7 +63,7 @@ def test_ops_change_pixels_and_bad_records_fail():
     assert "Identity" in RANDAUG_OPS
 
 
-@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "int8_residual"])
 def test_codec_round_trip_error_bounds(codec):
     rng = np.random.default_rng(0)
     groups = [48, 32]
@@ -77,6 +78,8 @@ def test_codec_round_trip_error_bounds(codec):
         assert np.array_equal(x, y)
     elif codec == "fp16":
         assert (err <= np.abs(x) * 2.0 ** -11 + 1e-7).all()
+    elif codec == "int8_residual":
+        assert (err <= _residual_bound(data, x.shape)).all()
     else:
         for s in (slice(0, 48), slice(48, 80)):
             bound = np.abs(x[:, s]).max(axis=1, keepdims=True) / 254 + 1e-7
@@ -90,6 +93,73 @@ def test_codec_round_trip_error_bounds(codec):
     assert abs(float(ref - got)) < 1e-3
 
 
+def _residual_bound(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """|x̂ - x| <= Σ_r |H_rk| scale_r / 2 per component (residual_codec's docstring), from the stored scales."""
+    coded = residual_codec.from_bytes(data[6 + 4 * len(shape):], shape)
+    rows = shape[0]
+    step = np.repeat(coded.scales, coded.groups, axis=1)  # [R, D]: each coefficient's quantization step
+    return np.abs(residual_codec.helmert(rows)).T @ (step / 2) + 1e-7
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_int8_residual_error_shrinks_with_the_rows_similarity():
+    """Alike rows (augmentations of one image) cost a fraction of int8's error; one row is 12-bit; rows that
+    share nothing cost about int8's error. The bound holds throughout."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((1, 256))
+
+    def rms(codec: str, x: np.ndarray) -> float:
+        data = encode_array(x, codec, [256])
+        y, _ = decode_array(data)
+        if codec == "int8_residual":
+            assert (np.abs(y - x) <= _residual_bound(data, x.shape)).all()
+        return float(np.sqrt(np.mean((y - x) ** 2)))
+
+    alike = _unit_rows(base + 0.15 * rng.standard_normal((30, 256)))  # cosine ~0.98 between rows
+    assert rms("int8_residual", alike) < rms("int8", alike) / 4
+    single = _unit_rows(base)
+    assert rms("int8_residual", single) < rms("int8", single) / 10
+    unrelated = _unit_rows(rng.standard_normal((30, 256)))
+    assert rms("int8_residual", unrelated) < 1.5 * rms("int8", unrelated)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "int8_residual"])
+def test_appending_a_teacher_keeps_the_stored_values_and_equals_a_fresh_encoding(codec):
+    rng = np.random.default_rng(2)
+    old = _unit_rows(rng.standard_normal((1, 24)) + 0.3 * rng.standard_normal((5, 24)))
+    extra = _unit_rows(rng.standard_normal((5, 16)))
+    stored, _ = decode_array(encode_array(old, codec, [24]))
+    grown = append_teachers(encode_array(old, codec, [24]), extra, [24, 16])
+    assert grown == encode_array(np.concatenate([old, extra], axis=1), codec, [24, 16])
+    values, name = decode_array(grown)
+    assert name == codec and np.array_equal(values[:, :24], stored)
+    with pytest.raises(ValueError, match="do not split"):
+        append_teachers(encode_array(old, codec, [24]), extra, [20, 20])
+
+
+# Bytes written by this version for [[0.6, -0.8, 0], [0.28, 0.96, 0]] with teacher widths [2, 1]: stored shards
+# must keep decoding (and writing the same bytes) in every later version.
+GOLDEN = {
+    "fp32": "4d4d5245000202000000030000009a99193fcdcc4cbf00000000295c8f3e8fc2753f00000000",
+    "fp16": "4d4d524501020200000003000000cd3866ba00007b34ae3b0000",
+    "int8": "4d4d52450202020000000300000002000200000001000000a069ce3b0000803ff3b1f73b0000803f5f8100257f00",
+    "int8_residual": "4d4d52450302020000000300000002000200000001000000f65f9f390000803f238d203c0000803fff4f9700088017"
+                     "8100",
+}
+
+
+@pytest.mark.parametrize("codec", sorted(GOLDEN))
+def test_stored_bytes_of_every_codec_stay_readable(codec):
+    x = np.array([[0.6, -0.8, 0.0], [0.28, 0.96, 0.0]], dtype=np.float32)
+    golden = bytes.fromhex(GOLDEN[codec])
+    y, name = decode_array(golden)
+    assert name == codec and np.allclose(y, x, atol=4e-3)
+    assert encode_array(x, codec, [2, 1]) == golden
+
+
 def test_codec_rejects_bad_input():
     with pytest.raises(ValueError, match="non-finite"):
         encode_array(np.array([[np.nan, 1.0]]), "fp16")
@@ -99,6 +169,8 @@ def test_codec_rejects_bad_input():
         decode_array(b"garbage!")
     with pytest.raises(ValueError, match="sum to the last dimension"):
         encode_array(np.ones((2, 4)), "int8", [3, 3])
+    with pytest.raises(ValueError, match="truncated int8_residual"):
+        decode_array(encode_array(np.ones((3, 4)), "int8_residual")[:-2])
 
 
 def test_degenerate_caption_filter():

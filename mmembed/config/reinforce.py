@@ -105,7 +105,8 @@ class ReinforceConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     audio: AudioCropConfig = field(default_factory=AudioCropConfig)
     captioner: CaptionerSpec | None = None
-    # Embedding storage codec: fp16 (default), int8 (per-vector scale) or fp32.
+    # Embedding storage codec: fp16 (default), int8 (per-vector scale), int8_residual (12-bit mean row + int8
+    # deviations: int8's size, far smaller KD error) or fp32 (mmembed.reinforced_format.codec).
     storage: str = "fp16"
     seed: int = 0
     # Samples per teacher forward (each contributes K augmented images).

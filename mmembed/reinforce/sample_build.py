@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from mmembed.config.reinforce import ReinforceConfig
 from mmembed.data.decode import DecodeError, decode_text
 from mmembed.data.rng import derive_rng, derive_seed
@@ -23,7 +21,7 @@ from mmembed.reinforce.media_build import MEDIA_BUILDS, MediaBuild
 from mmembed.reinforce.teacher_embeddings import text_embeddings
 from mmembed.reinforce.teachers import Teacher
 from mmembed.reinforced_format.augment import AugmentSampler
-from mmembed.reinforced_format.codec import decode_array, encode_array
+from mmembed.reinforced_format.codec import append_teachers, encode_array
 from mmembed.reinforced_format.members import REINFORCED_MEMBERS, SYN, TEXT_EMB, stored_syn
 
 
@@ -139,7 +137,6 @@ def append_samples(ctx: ReinforceContext, raws: Sequence[RawSample], stored: int
     for source, media, text in zip(sources, media_new, text_new):
         members = dict(source.members)
         for name, extra in ((emb_key, media), (TEXT_EMB, text)):
-            old, _ = decode_array(members[name], f"{ctx.shard_name} {source.key}.{name}")
-            members[name] = encode_array(np.concatenate([old, extra], axis=1), ctx.cfg.storage, groups)
+            members[name] = append_teachers(members[name], extra, groups, f"{ctx.shard_name} {source.key}.{name}")
         out.append((source.key, members))
     return out

@@ -7,8 +7,11 @@ then the payload. Codecs:
 - `int8`: one float32 scale per vector (max |x| / 127) and int8 values; absolute error <= scale / 2 per
   component, i.e. <= max|x| / 254. A "vector" is one teacher's embedding: a row [ΣD] is split into the
   teachers' `groups` widths, so each teacher's unit vector keeps its own accuracy, and appending a teacher
-  later re-encodes the old parts losslessly (their peaks, hence scales, are unchanged).
-Decoding always returns float32.
+  later re-encodes the old parts losslessly (their peaks, hence scales, are unchanged);
+- `int8_residual`: the rows of a member coded jointly, a 12-bit mean row and int8 deviations from it
+  (`mmembed.reinforced_format.residual_codec`); same size as `int8` plus half a byte per teacher dimension,
+  with errors shrinking with the rows' spread (augmentations of one image are alike).
+Decoding always returns float32. Codec ids are never reused, so shards written by older versions decode.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from mmembed.reinforced_format import residual_codec
 
 MAGIC = b"MMRE"
 _HEADER = struct.Struct("<4sBB")
@@ -78,6 +83,7 @@ CODECS: dict[str, Codec] = {
     "fp32": Codec("fp32", 0, *_plain(np.float32)),
     "fp16": Codec("fp16", 1, *_plain(np.float16)),
     "int8": Codec("int8", 2, _int8_encode, _int8_decode),
+    "int8_residual": Codec("int8_residual", 3, residual_codec.encode, residual_codec.decode),
 }
 _BY_ID = {codec.ident: codec for codec in CODECS.values()}
 
@@ -99,12 +105,14 @@ def encode_array(x: np.ndarray, codec: str, groups: Sequence[int] | None = None)
     if sum(widths) != array.shape[-1] or min(widths) < 1:
         raise ValueError(f"groups {widths} must be positive and sum to the last dimension {array.shape[-1]}")
     chosen = get_codec(codec)
-    header = _HEADER.pack(MAGIC, chosen.ident, array.ndim) + struct.pack(f"<{array.ndim}I", *array.shape)
-    return header + chosen.encode_payload(array, widths)
+    return _header(chosen, array.shape) + chosen.encode_payload(array, widths)
 
 
-def decode_array(data: bytes, what: str = "embedding") -> tuple[np.ndarray, str]:
-    """Bytes from `encode_array` -> (float32 array, codec name)."""
+def _header(codec: Codec, shape: Sequence[int]) -> bytes:
+    return _HEADER.pack(MAGIC, codec.ident, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
+
+
+def _parse(data: bytes, what: str) -> tuple[Codec, tuple[int, ...], bytes]:
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError(f"{what}: not an mmembed embedding member (bad magic {data[:4]!r})")
     _, ident, ndim = _HEADER.unpack_from(data)
@@ -112,15 +120,45 @@ def decode_array(data: bytes, what: str = "embedding") -> tuple[np.ndarray, str]
         raise ValueError(f"{what}: unknown codec id {ident}")
     offset = _HEADER.size + 4 * ndim
     shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
-    codec = _BY_ID[ident]
+    return _BY_ID[ident], tuple(shape), data[offset:]
+
+
+def decode_array(data: bytes, what: str = "embedding") -> tuple[np.ndarray, str]:
+    """Bytes from `encode_array` -> (float32 array, codec name)."""
+    codec, shape, payload = _parse(data, what)
     try:
-        return codec.decode_payload(data[offset:], tuple(shape)), codec.name
+        return codec.decode_payload(payload, shape), codec.name
     except ValueError as err:
         raise ValueError(f"{what}: truncated {codec.name} payload for shape {list(shape)}: {err}") from err
 
 
+def append_teachers(data: bytes, extra: np.ndarray, groups: Sequence[int], what: str = "embedding") -> bytes:
+    """A stored member [..., D_old] with new teachers' columns `extra` [..., D_new] appended, in the same codec;
+    `groups` lists every teacher's width, stored ones first. The stored teachers decode exactly as before."""
+    codec, shape, payload = _parse(data, what)
+    widths = list(groups)
+    new_widths = widths[len(widths) - _count_new(widths, shape[-1], extra.shape[-1]):]
+    if codec.name == "int8_residual":  # its rows are coded jointly: copy the stored codes, code the new columns
+        merged = residual_codec.append_groups(payload, shape, np.asarray(extra, dtype=np.float32), new_widths)
+        new_shape = (*shape[:-1], shape[-1] + extra.shape[-1])
+        return _header(codec, new_shape) + merged
+    old, _ = decode_array(data, what)  # the per-row codecs re-encode the stored values exactly
+    return encode_array(np.concatenate([old, extra], axis=-1), codec.name, widths)
+
+
+def _count_new(widths: list[int], stored: int, added: int) -> int:
+    """How many of `widths` (old then new) make up the `added` columns after `stored` ones."""
+    for count in range(1, len(widths) + 1):
+        if sum(widths[-count:]) == added and sum(widths[:-count]) == stored:
+            return count
+    raise ValueError(f"teacher widths {widths} do not split into the stored {stored} and the added {added} columns")
+
+
 def payload_bytes(rows: int, dim: int, codec: str, groups: int = 1) -> int:
     """Bytes of the encoded [rows, dim] array, header included (for the storage table in the docs)."""
-    per_value = {"fp32": 4, "fp16": 2, "int8": 1}[get_codec(codec).name]
+    header = _HEADER.size + 8  # rank 2: two uint32 dimensions
+    if get_codec(codec).name == "int8_residual":
+        return header + residual_codec.payload_size(rows, dim, groups)
+    per_value = {"fp32": 4, "fp16": 2, "int8": 1}[codec]
     extra = 2 + 4 * groups + 4 * rows * groups if codec == "int8" else 0
-    return _HEADER.size + 8 + rows * dim * per_value + extra
+    return header + rows * dim * per_value + extra
