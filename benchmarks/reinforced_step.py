@@ -12,7 +12,9 @@ Sub-commands (`all` runs them in order):
   (stored teacher embeddings) and online distillation (the teacher run in the loop), same student and batch,
   rounds interleaved so the shared CPU's load hits all three alike;
 - `storage`: bytes per sample of each codec next to DataCompDR's fp32 layout, and the KD-loss change that
-  fp16 / int8 storage causes on the stored demo embeddings.
+  fp16 / int8 / int8_residual storage causes on the stored demo embeddings (benchmarks/reinforced_storage.py);
+- `storage-scaling`: the same KD change with the embeddings mapped to widths 64..1536, at teacher scales
+  10, 30, 100, next to uniform 9/10/12-bit quantizers (the rate-distortion argument in docs/reinforced.md).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mmembed.config import ExperimentConfig, structured_from_dict  # noqa: E402
 from mmembed.config.load import load_structured  # noqa: E402
@@ -162,58 +164,40 @@ def cmd_step(args: argparse.Namespace) -> dict[str, Any]:
             "online_over_plain": median["online"] / median["plain"], "torch_threads": torch.get_num_threads()}
 
 
-def _kd_delta(image: torch.Tensor, text: torch.Tensor, codec: str, groups: list[int]) -> float:
-    from mmembed.losses.functional import distill_kd
-    from mmembed.reinforced_format.codec import decode_array, encode_array
-
-    def stored(x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(torch.from_numpy(decode_array(encode_array(x.numpy(), codec, groups))[0]), dim=1)
-
-    gen = torch.Generator().manual_seed(0)
-    student = [F.normalize(torch.randn(image.shape[0], 64, generator=gen), dim=1) for _ in range(2)]
-    scale = torch.tensor(30.0)
-    ref = distill_kd(*student, scale, [F.normalize(image, dim=1)], [F.normalize(text, dim=1)], [100.0])
-    return abs(float(distill_kd(*student, scale, [stored(image)], [stored(text)], [100.0]) - ref))
-
-
-def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
-    from mmembed.data.stats import SkipStats
-    from mmembed.data.tar_samples import shard_samples
+def _fp32_reference() -> tuple[Path, int, int]:
+    """The first demo shard rebuilt with fp32 storage (the unquantised reference): (shard, K, ΣD)."""
     from mmembed.reinforce.builder import run_reinforce
-    from mmembed.reinforced_format.codec import decode_array, payload_bytes
 
-    # The reference must be unquantised: rebuild the first demo shard with fp32 storage.
     reference = REPO / "data/demo/reinforced_fp32"
     cfg = load_structured(ReinforceConfig, REPO / "recipes/reinforce_demo.yaml", [
         f"output_dir={reference}", f"teachers.0.args.checkpoint={TEACHER_RUN}", "storage=fp32",
         f"input=[{REPO}/data/demo/train/train-000000.tar]"])
     assert run_reinforce(cfg, progress=False)
     manifest = json.loads((reference / "manifest.json").read_text())
-    k, dim = manifest["augment"]["num_augs"], manifest["embedding_dim"]
-    raws = list(shard_samples(str(reference / "train-000000.tar"), SkipStats()))
-    image = torch.stack([torch.from_numpy(decode_array(r["image_emb"])[0][0]) for r in raws])
-    text = torch.stack([torch.from_numpy(decode_array(r["text_emb"])[0][0]) for r in raws])
-    layouts = {"demo (K=5, 0 syn, ΣD=64)": (k, 1, dim, 1),
-               "DataCompDR-12M (K=30, 5 syn, ΣD=1536)": (30, 6, 1536, 2),
-               "DataCompDR-1B (K=10, 5 syn, ΣD=1536)": (10, 6, 1536, 2)}
-    table = {}
-    for name, (augs, rows, width, teachers) in layouts.items():
-        fp32_raw = 4 * (augs + rows) * width  # DataCompDR stores float32 arrays
-        table[name] = {"datacompdr_fp32": fp32_raw, **{
-            c: payload_bytes(augs, width, c, teachers) + payload_bytes(rows, width, c, teachers)
-            for c in ("fp32", "fp16", "int8")}}
-    deltas = {}
-    for codec in ("fp16", "int8"):
-        worst = 0.0
-        for start in range(0, image.shape[0] - 63, 64):  # batches of 64 stored samples
-            worst = max(worst, _kd_delta(image[start:start + 64], text[start:start + 64], codec, [dim]))
-        deltas[codec] = worst
-    return {"bytes_per_sample": table, "kd_abs_change_vs_fp32_max_over_batches": deltas,
-            "kd_batches": image.shape[0] // 64, "teacher_dim": dim}
+    return reference / "train-000000.tar", manifest["augment"]["num_augs"], manifest["embedding_dim"]
+
+
+def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
+    import reinforced_storage
+
+    shard, k, dim = _fp32_reference()
+    result = reinforced_storage.storage_table(shard, k, dim)
+    print(reinforced_storage.format_rows(result["kd_change_vs_fp32"]))
+    return result
+
+
+def cmd_storage_scaling(args: argparse.Namespace) -> dict[str, Any]:
+    import reinforced_storage
+
+    shard, _, _ = _fp32_reference()
+    scaling = reinforced_storage.scaling_table(shard)
+    correlation = reinforced_storage.correlation_table(shard)
+    bound = reinforced_storage.rd_table(correlation, scaling["rows"]["D=768 c=100"])
+    return {**scaling, "correlation": correlation, "rate_distortion": bound}
 
 
 COMMANDS = {"teacher": cmd_teacher, "build": cmd_build, "students": cmd_students, "step": cmd_step,
-            "storage": cmd_storage}
+            "storage": cmd_storage, "storage-scaling": cmd_storage_scaling}
 
 
 def main() -> None:
