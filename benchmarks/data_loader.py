@@ -140,17 +140,39 @@ def mmembed_rate(shard: Path, transform, tokenize, args: argparse.Namespace) -> 
     return timed(loader, args.batches, args.batch_size)
 
 
+def mmembed_default_collate_rate(shard: Path, transform, tokenize, args: argparse.Namespace) -> Measurement:
+    """mmembed's pipeline with torch's default_collate rules (stacking into shared memory inside the worker): the
+    state before batches were stacked into private memory, for `--with-default-collate`."""
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    import mmembed.data.collate as collate
+
+    private = collate._COLLATE_FNS
+    collate._COLLATE_FNS = default_collate_fn_map  # read at call time; the forked worker inherits it
+    try:
+        return mmembed_rate(shard, transform, tokenize, args)
+    finally:
+        collate._COLLATE_FNS = private
+
+
 def report(runs: dict[str, list[Measurement]]) -> None:
     rates = {name: [m.samples_per_s for m in values] for name, values in runs.items()}
-    print(f"{'pipeline':<11}{'best':>8}{'median':>8}   {'CPU ms/sample: worker thread':>29}{'worker':>8}"
+    width = max(map(len, runs)) + 2
+    print(f"{'pipeline':<{width}}{'best':>8}{'median':>8}   {'CPU ms/sample: worker thread':>29}{'worker':>8}"
           f"{'main':>7}   all runs (samples/s)")
     for name, values in runs.items():
         cpu = {k: 1e3 * statistics.median(m.cpu_per_sample[k] for m in values) for k in values[0].cpu_per_sample}
         shown = "".join(f"{cpu.get(k, float('nan')):>{w}.3f}" for k, w in (("worker_thread", 29), ("worker", 8),
                                                                             ("main", 7)))
-        print(f"{name:<11}{max(rates[name]):>8.1f}{statistics.median(rates[name]):>8.1f}   {shown}   "
+        print(f"{name:<{width}}{max(rates[name]):>8.1f}{statistics.median(rates[name]):>8.1f}   {shown}   "
               f"{' '.join(f'{v:.0f}' for v in rates[name])}")
     paired = [ours / theirs for ours, theirs in zip(rates["mmembed"], rates["open_clip"])]
+    if "mmembed_default_collate" in rates:
+        before = rates["mmembed_default_collate"]
+        paired_before = [ours / theirs for ours, theirs in zip(before, rates["open_clip"])]
+        print(f"with default_collate, ratio to open_clip: best {max(before) / max(rates['open_clip']):.3f}, "
+              f"median {statistics.median(before) / statistics.median(rates['open_clip']):.3f}, "
+              f"median of per-round ratios {statistics.median(paired_before):.3f}")
     print(f"ratio mmembed/open_clip: best {max(rates['mmembed']) / max(rates['open_clip']):.3f}, "
           f"median {statistics.median(rates['mmembed']) / statistics.median(rates['open_clip']):.3f}, "
           f"median of per-round ratios {statistics.median(paired):.3f}")
@@ -167,6 +189,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--with-default-collate", action="store_true",
+                        help="also run mmembed's pipeline with torch's default_collate (the state before the change)")
     args = parser.parse_args()
     patch_open_clip_grouping()
     transform = open_clip.image_transform(224, is_train=True)
@@ -174,12 +198,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "bench-000000.tar"
         write_shard(shard, args.samples, args.image_size)
-        runs: dict[str, list[Measurement]] = {"open_clip": [], "mmembed": []}
-        for round_ in range(args.repeats):  # interleaved, and alternating who goes first
-            order = ("open_clip", "mmembed") if round_ % 2 == 0 else ("mmembed", "open_clip")
-            for name in order:
-                rate = open_clip_rate if name == "open_clip" else mmembed_rate
-                runs[name].append(rate(shard, transform, tokenize, args))
+        rates = {"open_clip": open_clip_rate, "mmembed": mmembed_rate}
+        if args.with_default_collate:
+            rates["mmembed_default_collate"] = mmembed_default_collate_rate
+        runs: dict[str, list[Measurement]] = {name: [] for name in rates}
+        for round_ in range(args.repeats):  # interleaved, and rotating who goes first
+            names = list(rates)
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                runs[name].append(rates[name](shard, transform, tokenize, args))
     report(runs)
 
 
