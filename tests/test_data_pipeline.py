@@ -178,9 +178,11 @@ def test_configuration_errors_name_the_problem(tmp_path):
     few = _train_cfg([ShardSource(urls=[a])], resampled=False, num_workers=2)
     with pytest.raises(ValueError, match=r"world_size x num_workers = 2 x 2 = 4 shards.*only 3"):
         build_train_loader(few, PLAIN, batch_size=2, seed=0, rank=0, world_size=2)
-    weighted = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=[b])], resampled=False)
-    with pytest.raises(ValueError, match="resampled: true"):
-        build_train_loader(weighted, PLAIN, batch_size=2, seed=0)
+    # Several sources in epoch mode: each source needs its own shard per worker, and the error names it.
+    two = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=expand_urls(b)[:1], name="bee")],
+                     resampled=False, num_workers=2)
+    with pytest.raises(ValueError, match=r"data\.train\[1\] \('bee'\).*only 1"):
+        build_train_loader(two, PLAIN, batch_size=2, seed=0)
     with pytest.raises(ValueError, match=r"no decoder for modalities.*'video'"):
         build_eval_loader([a], {"video": char_tokens}, batch_size=2)
     with pytest.raises(ValueError, match="resume"):

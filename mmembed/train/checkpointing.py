@@ -4,7 +4,7 @@
         model/{model.safetensors,config.yaml}   the model (what eval/export load)
         objective.safetensors                   loss state: iSogCLR tables, TempNet weights
         optimizer.pt, scheduler.pt, scaler.pt   plain tensor/number containers, loaded weights_only=True
-        rank{r}.pt                              each rank's RNG states and data-stream position
+        rank{r}.pt                              each rank's RNG states and data-stream position(s)
         trainer.json                            step, world size, and the size + sha256 of every other file
     <run>/checkpoints/LATEST                    name of the newest complete checkpoint
 
@@ -63,6 +63,10 @@ class ResumeState:
     num_workers: int | None = None
     # The checkpoint folder this state came from (None for a fresh run).
     path: Path | None = None
+    # Several data sources (mmembed.data.mixing): per source name, per worker, raw samples consumed, and the
+    # number of the next micro-batch. None: a single-stream run.
+    sources: dict[str, dict[int, int]] | None = None
+    next_batch: int = 0
 
 
 def rng_state() -> dict[str, Any]:
@@ -119,9 +123,13 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        torch.save({"rng": rng_state(), "data_consumed": {str(k): v for k, v in data.data_consumed.items()},
-                    "next_worker": data.next_worker, "num_workers": data.num_workers},
-                   tmp / f"rank{acc.process_index}.pt")
+        rank_state = {"rng": rng_state(), "data_consumed": {str(k): v for k, v in data.data_consumed.items()},
+                      "next_worker": data.next_worker, "num_workers": data.num_workers}
+        if data.sources is not None:  # multi-source positions (docs/design.md, "Multi-source training")
+            rank_state["data_sources"] = {name: {str(w): n for w, n in counts.items()}
+                                          for name, counts in data.sources.items()}
+            rank_state["next_batch"] = data.next_batch
+        torch.save(rank_state, tmp / f"rank{acc.process_index}.pt")
         if acc.is_main_process:
             save_model_dir(tmp / "model", acc.unwrap_model(model), config)
             save_file(state_to_safetensors(objective), str(tmp / "objective.safetensors"))
@@ -236,5 +244,9 @@ class CheckpointManager:
         set_rng_state(rank_state["rng"])
         consumed = {int(k): int(v) for k, v in rank_state["data_consumed"].items()}
         workers = rank_state.get("num_workers")
+        sources = rank_state.get("data_sources")
+        if sources is not None:
+            sources = {str(name): {int(w): int(n) for w, n in counts.items()} for name, counts in sources.items()}
         return ResumeState(int(meta["step"]), consumed, int(rank_state["next_worker"]),
-                           None if workers is None else int(workers), path)
+                           None if workers is None else int(workers), path, sources,
+                           int(rank_state.get("next_batch", 0)))

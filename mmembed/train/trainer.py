@@ -30,6 +30,7 @@ from mmembed.train.metrics_log import MetricsLog
 from mmembed.train.objective import Objective
 from mmembed.train.optim import build_optimizer, build_scheduler, param_groups
 from mmembed.train.run_folder import check_run_folder, clear_run_folder
+from mmembed.train.sources import SourceBook
 from mmembed.train.step import StepOutput, accumulated_step, average_gradients, plain_step
 from mmembed.train.throughput import Throughput
 
@@ -64,7 +65,11 @@ class Trainer:
         self.model = build_model(config.model)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = Objective(config.model.pairs).to(self.accelerator.device)
+        # Several data sources: one per micro-batch, each training its own pairs (mmembed.train.sources).
+        self.sources = (SourceBook(config, self.accelerator.num_processes)
+                        if len(config.data.train) > 1 and not config.data.synthetic_image_size else None)
+        self.objective = Objective(config.model.pairs, self.sources and self.sources.source_pairs).to(
+            self.accelerator.device)
         self._freeze_unused_pair_scales()
         groups = param_groups(self._named_trainable(), self._no_decay(), config.optim)
         optimizer = build_optimizer(groups, config.optim)
@@ -80,6 +85,15 @@ class Trainer:
         self.data_skipped: dict[int, int] = {}
         self.batch_keys: list[str] = []
         self.step_lr = 0.0
+        self.micro_sources: list[int] = []
+        if self.sources is not None:
+            self.sources.restore(self.state.sources, self.state.next_batch, self.state.step)
+            self.sources.set_device(self.accelerator.device)
+            log.info("%s", self.sources.describe(self.accelerator.num_processes))
+        elif self.state.sources is not None:
+            raise UserError(f"the checkpoint at step {self.state.step} was written for data sources "
+                            f"{sorted(self.state.sources)}, this run reads one: an exact resume needs the same "
+                            "data.train sources")
 
     # -- setup helpers -------------------------------------------------------------------------------
     def _claim_run_folder(self, resume: str | None, overwrite: bool) -> None:
@@ -137,6 +151,8 @@ class Trainer:
             return iter(build_synthetic_loader(preprocessors, batch_size=data.batch_size,
                                                image_size=data.synthetic_image_size, num_workers=data.num_workers))
         resume = {"consumed": self.data_consumed, "next_worker": self.next_worker} if self.data_consumed else None
+        if self.sources is not None:
+            resume = self.sources.resume_point()
         loader = build_train_loader(
             data, preprocessors, batch_size=data.batch_size, seed=self.config.seed, rank=acc.process_index,
             world_size=acc.num_processes, resume=resume,
@@ -169,6 +185,7 @@ class Trainer:
 
     def _next_micro_batches(self, batches: Iterator[dict[str, Any]], timer: Throughput) -> list[dict]:
         micro, failure = [], None
+        self.micro_sources = []
         for _ in range(self.config.train.accum_freq):
             start = time.perf_counter()
             try:
@@ -188,6 +205,9 @@ class Trainer:
 
     def _track_data_position(self, batch: dict[str, Any]) -> None:
         """Remember, per loader worker, how many raw samples it consumed (and skipped as corrupt)."""
+        if self.sources is not None:  # per source and worker
+            self.micro_sources.append(self.sources.observe(batch))
+            return
         worker = int(batch.get("__worker__", 0))
         if "__consumed__" in batch:
             self.data_consumed[worker] = int(batch["__consumed__"])
@@ -206,7 +226,8 @@ class Trainer:
         acc, tc = self.accelerator, self.config.train
         self.model.train()
         if len(micro) == 1:
-            output = plain_step(acc, self.model, self.objective, micro[0], step)
+            output = plain_step(acc, self.model, self.objective, micro[0], step,
+                                manual_sync=self.sources is not None and self.sources.manual_sync)
         else:
             output = accumulated_step(acc, self.model, self.objective, micro, step)
         average_gradients([p for p in self.objective.parameters() if p.requires_grad])
@@ -219,6 +240,8 @@ class Trainer:
         else:
             self._handle_nonfinite(step, output)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.sources is not None:
+            self.sources.add_step(self.micro_sources, output.pair_losses)
         self.step_lr = self._scheduled_lr()  # the rate this update used; scheduler.step() moves to the next
         self.scheduler.step()
         with torch.no_grad():
@@ -246,6 +269,9 @@ class Trainer:
         if step % tc.log_every == 0 or step == tc.steps:
             values = self._step_metrics(output, timer)
             self.metrics.log(step, values)
+            if self.sources is not None and self.accelerator.is_main_process:
+                for line in self.sources.log_lines(step, values):
+                    log.info("%s", line)
             bar.set_postfix(loss=f"{values['loss']:.4f}", sps=f"{values['samples_per_s']:.0f}")
             timer.reset()
         if tc.save_every and step % tc.save_every == 0 and step < tc.steps:
@@ -255,19 +281,23 @@ class Trainer:
 
     def _step_metrics(self, output: StepOutput, timer: Throughput) -> dict[str, float]:
         loss = self.accelerator.reduce(output.loss.detach().float(), "mean")
-        values = {"loss": float(loss.item()), "lr": self.step_lr,
-                  "data_skipped": float(sum(self.data_skipped.values()))}
+        skipped = self.sources.total_skipped if self.sources is not None else sum(self.data_skipped.values())
+        values = {"loss": float(loss.item()), "lr": self.step_lr, "data_skipped": float(skipped)}
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
         for pair in self.config.model.pairs:
             scale = self.unwrapped.logit_scale(pair.a, pair.b).detach()
             values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(scale)
         values.update(self.objective.metrics())
+        if self.sources is not None:
+            values.update(self.sources.metrics(lambda t: self.accelerator.reduce(t, "mean")))
         return values
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler,
-                              ResumeState(step, self.data_consumed, self.next_worker, self.config.data.num_workers))
+        data = ResumeState(step, self.data_consumed, self.next_worker, self.config.data.num_workers)
+        if self.sources is not None:
+            data.sources, data.next_batch = self.sources.consumed, self.sources.next_batch
+        self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler, data)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
