@@ -50,7 +50,8 @@ class TrainConfig:
     keep_last: int = 2
     # "skip" drops the step; "abort" stops the run.
     on_nonfinite: str = "skip"
-    # DDP: needed when some trainable parameter gets no gradient in a step (e.g. a modality absent).
+    # Needed when some trainable parameter gets no gradient in a step: gradients are then averaged across ranks
+    # after backward, not by DDP's reducer. Multi-source runs whose sources lack a modality or pair turn it on.
     find_unused_parameters: bool = False
     # Audit trail: each rank appends the dataset indices of every batch to <run>/sample_ids/rank<r>.txt.
     log_sample_ids: bool = False

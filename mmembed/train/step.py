@@ -31,14 +31,24 @@ class StepOutput:
 def average_gradients(params: list[nn.Parameter]) -> None:
     """All-reduce-mean the .grad of `params` across ranks (for parameters outside DDP's reducer).
 
-    Parameters without a gradient are left alone; every rank must hold gradients for the same parameters
-    (true when all ranks train the same pairs: multi-source runs pick each micro-batch's source alike).
+    As DDP with find_unused_parameters does: a parameter no rank gave a gradient keeps none (the optimizer
+    skips it); one that only some ranks gave a gradient gets zeros on the others before averaging. Costs one
+    extra all-reduce of one flag per parameter.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    params = list(params)
+    if not params:
         return
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(has_grad)
+    used = [p for p, count in zip(params, has_grad.tolist(), strict=True) if count > 0]
+    if not used:
+        return
+    for param in used:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    grads = [p.grad for p in used]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()

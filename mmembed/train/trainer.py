@@ -58,7 +58,9 @@ class Trainer:
             # Without an accelerator, cpu=True lets torchrun-launched processes form a gloo group.
             cpu=not torch.accelerator.is_available(),
             mixed_precision=tc.precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.find_unused_parameters)],
+            # train.find_unused_parameters is served by averaging gradients after backward (manual_sync below):
+            # DDP's own option fails on the logit scales, which the objective uses outside the model's forward.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
         self._claim_run_folder(resume, overwrite)
         set_seed(config.seed, device_specific=True)
@@ -70,6 +72,8 @@ class Trainer:
                         if len(config.data.train) > 1 and not config.data.synthetic_image_size else None)
         self.objective = Objective(config.model.pairs, self.sources and self.sources.source_pairs).to(
             self.accelerator.device)
+        # Steps that may leave parameters without gradient average gradients after backward (mmembed.train.step).
+        self.manual_sync = tc.find_unused_parameters or bool(self.sources and self.sources.manual_sync)
         self._freeze_unused_pair_scales()
         groups = param_groups(self._named_trainable(), self._no_decay(), config.optim)
         optimizer = build_optimizer(groups, config.optim)
@@ -226,8 +230,7 @@ class Trainer:
         acc, tc = self.accelerator, self.config.train
         self.model.train()
         if len(micro) == 1:
-            output = plain_step(acc, self.model, self.objective, micro[0], step,
-                                manual_sync=self.sources is not None and self.sources.manual_sync)
+            output = plain_step(acc, self.model, self.objective, micro[0], step, manual_sync=self.manual_sync)
         else:
             output = accumulated_step(acc, self.model, self.objective, micro, step)
         average_gradients([p for p in self.objective.parameters() if p.requires_grad])
