@@ -39,7 +39,7 @@ def _eval(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.checkpoint), task=args.task, data=args.data,
         classnames=Path(args.classnames) if args.classnames else None, templates=args.templates,
         modality=args.modality, pair=args.pair, plot_dir=Path(args.plot) if args.plot else None,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, label_key=args.label_key,
     )
     return 0
 
@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint recipe's zero-shot task for --modality), a file with one template per line, "
                          "or one '...{}...'")
     ev.add_argument("--modality", default="image", help="zero-shot: modality to classify")
-    ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
+    ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b' (any two modalities, trained together "
+                                                         "or not: an untrained pair measures binding)")
+    ev.add_argument("--label-key", help="retrieval: integer sample key (e.g. cls_scene) whose equal values also "
+                                        "count as matches: adds label_R@k")
     ev.add_argument("--plot", help="folder for PNG plots")
     ev.add_argument("--batch-size", type=int, default=128)
 

@@ -226,3 +226,19 @@ def test_resume_refuses_a_checkpoint_of_other_sources(small_corpora: Path, tmp_p
     renamed = bind_config(small_corpora, tmp_path / "other", 2, **{"data.train.1.name": "speech"})
     with pytest.raises(UserError, match=r"written for data sources \['audio_text', 'image_text'\]"):
         Trainer(renamed, resume=str(run / "checkpoints" / "step_00000001"))
+
+
+def test_per_sample_state_keeps_each_sources_samples_apart(small_corpora: Path, tmp_path: Path) -> None:
+    """iSogCLR on both pairs: the image-text table is written only at the image-text corpus's rows (0..255),
+    the audio-text table only at the audio-text corpus's rows (256..511), which the offsets put after them."""
+    from mmembed.train import Trainer
+
+    stateful = {f"model.pairs.{i}.{key}": value for i in (0, 1)
+                for key, value in (("loss", "isogclr"), ("learn_logit_scale", "false"))}
+    config = bind_config(small_corpora, tmp_path / "run", 4, **stateful, seed=4, **{"data.num_workers": 0})
+    assert [pair.args["num_samples"] for pair in config.model.pairs] == [512, 512]
+    trainer = Trainer(config)
+    trainer.fit()
+    image_text, audio_text = (trainer.objective.losses[key].state.visits for key in ("image__text", "audio__text"))
+    assert image_text[:256].sum() > 0 and image_text[256:].sum() == 0
+    assert audio_text[256:].sum() > 0 and audio_text[:256].sum() == 0
