@@ -38,7 +38,7 @@ def test_each_source_trains_the_pairs_whose_two_sides_it_provides() -> None:
     config = load_recipe(BIND)
     plans = check_sources(config)
     assert [(p.name, p.modalities, p.pairs) for p in plans] == [
-        ("image_text", ("image", "text"), (0,)), ("audio_text", ("text", "audio"), (1,))]
+        ("image_text", ("image", "text"), (0,)), ("audio_text", ("audio", "text"), (1,))]
     assert not trains_every_pair_everywhere(plans, config)
 
 

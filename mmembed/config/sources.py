@@ -34,10 +34,10 @@ def source_name(source: ShardSource, index: int) -> str:
 
 
 def source_modalities(source: ShardSource, model_modalities: list[str]) -> tuple[str, ...]:
-    """The source's declared modalities in the model's order, or every model modality."""
+    """The source's declared modalities (in its own order), or every model modality."""
     if source.modalities is None:
         return tuple(model_modalities)
-    return tuple(m for m in model_modalities if m in source.modalities)
+    return tuple(dict.fromkeys(m for m in source.modalities if m in model_modalities))
 
 
 def _where(index: int, source: ShardSource) -> str:
@@ -134,5 +134,5 @@ def trains_every_pair_everywhere(plans: list[SourcePlan], config: ExperimentConf
     """True when every source provides every model modality and trains every pair: each step then uses
     every parameter, as a single-source run does."""
     every_pair = tuple(range(len(config.model.pairs)))
-    every_modality = tuple(config.model.modalities)
-    return all(p.pairs == every_pair and p.modalities == every_modality for p in plans)
+    every_modality = set(config.model.modalities)
+    return all(p.pairs == every_pair and set(p.modalities) == every_modality for p in plans)
