@@ -108,8 +108,8 @@ def _source_preprocessors(source: ShardSource, preprocessors: Mapping[str, Prepr
         return dict(preprocessors)
     missing = [m for m in source.modalities if m not in preprocessors]
     if missing:
-        raise ValueError(f"data source '{source.name}' names modalities {missing} that have no preprocessor; "
-                         f"available: {sorted(preprocessors)}")
+        raise ValueError(f"data source '{source.name or source.urls}' names modalities {missing} that have no "
+                         f"preprocessor; available: {sorted(preprocessors)}")
     return {m: p for m, p in preprocessors.items() if m in source.modalities}
 
 
