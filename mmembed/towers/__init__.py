@@ -7,6 +7,7 @@ from torch import nn
 from mmembed.config.model import TowerSpec
 from mmembed.towers import (  # noqa: F401
     audio_mel,
+    byte_text,
     hf_audio,
     hf_text,
     open_clip_text,
