@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -17,6 +18,19 @@ TowerInput = torch.Tensor | dict[str, torch.Tensor]
 # A per-sample preprocessor maps one decoded value (PIL image, str, or (waveform float32 [T], sample_rate))
 # to a fixed-shape tensor (or dict of tensors) that the default collate can stack.
 Preprocessor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ReadsModality:
+    """The preprocessor of a model modality named other than its tower's kind, e.g. a second text tower
+    `chars` beside `text`: `reads` names the data modality whose sample member (and decoder) feeds it, so
+    both towers see the same caption. The data pipeline reads the `reads` attribute."""
+
+    reads: str
+    preprocessor: Preprocessor
+
+    def __call__(self, value: Any) -> Any:
+        return self.preprocessor(value)
 
 
 @runtime_checkable
