@@ -133,8 +133,9 @@ def eval_curve(log: Path) -> dict[str, dict[str, float]]:
 
 
 def _cell(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+    if len(values) == 1:  # one seed has no spread to show
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def pooled_z(top1: list[float], clips: int, chance: float) -> float:
@@ -183,7 +184,7 @@ def curve_table(runs: list[dict[str, Any]]) -> list[str]:
     steps = sorted({int(step) for r in runs for step in r["curve"]})
     if len(steps) < 2:
         return []
-    lines = ["", "Top-1 during training (heard / unheard, mean ± sd over seeds):", "",
+    lines = ["", "Top-1 during training (heard / unheard; mean ± sd when there are several seeds):", "",
              "| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for method, spec in METHODS.items():
         mine = [r for r in runs if r["method"] == method]

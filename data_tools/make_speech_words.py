@@ -2,7 +2,7 @@
 training: the data of the "can a text tower generalise to unheard words?" experiment (docs/audio.md).
 
     apt-get install espeak-ng                                          # Debian/Ubuntu; `make setup` does it
-    python -m data_tools.make_speech_words --out data/speech_words     # 8000 clips, about a minute on 2 cores
+    python -m data_tools.make_speech_words --out data/speech_words     # 8000 clips, ~2 CPU-minutes
 
 Each clip is one word spoken by one of 8 espeak-ng English accents x 11 voice variants at a random speed
 and pitch, with a random lead-in silence, gain and white noise (as in make_speech_data). Captions are the
