@@ -25,9 +25,10 @@ test-fast:
 lint:
 	$(BIN)/ruff check .
 
-# The main job: demo data (built once, if absent), then the demo recipe end to end.
+# The main job: demo data (built once, if absent), then the demo recipe end to end. --overwrite: `make demo`
+# always starts the demo afresh (a plain second run into runs/demo would be refused as mixing two runs).
 demo: data/demo/info.json
-	$(BIN)/mmembed train recipes/demo.yaml
+	$(BIN)/mmembed train recipes/demo.yaml --overwrite
 
 data/demo/info.json:
 	$(BIN)/python -m data_tools.make_demo_data --out data/demo

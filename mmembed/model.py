@@ -16,8 +16,8 @@ from torch import nn
 from mmembed.config.model import ModelConfig, PairConfig
 from mmembed.heads import build_head
 from mmembed.towers import build_tower, frozen_submodules, keep_eval
-from mmembed.towers.base import Preprocessor, ReadsModality, TowerInput
 from mmembed.towers.feature_cache import FeatureCache
+from mmembed.types import Preprocessor, ReadsModality, TowerInput
 
 LossDefaults = Callable[[str], tuple[float, float | None]]
 

@@ -25,7 +25,7 @@ from test_data_support import (
 from data_tools.shard_writer import SizedShardWriter
 from mmembed.config.data import DataConfig, ShardSource
 from mmembed.data import build_eval_loader, build_train_loader, count_samples, expand_urls, source_num_samples
-from mmembed.towers.base import ReadsModality
+from mmembed.types import ReadsModality
 
 
 def _numbers(batches: list[dict]) -> list[int]:
@@ -121,6 +121,16 @@ def test_epoch_mode_reads_each_sample_once_per_epoch_in_a_new_order(tmp_path):
     first, second = _numbers(batches[:6]), _numbers(batches[6:])
     assert sorted(first) == list(range(30)) and sorted(second) == list(range(30))
     assert first != second
+
+
+def test_shuffle_buffer_reorders_samples_within_one_shard(tmp_path):
+    """One shard, one worker: shard-order shuffling cannot help, so any reordering is the buffer's."""
+    shards = write_numbered_shards(tmp_path, "o", list(range(40)), per_shard=40)
+    for buffer, shuffled in ((0, False), (10, True)):
+        cfg = _train_cfg([ShardSource(urls=[shards.pattern])], resampled=False, shuffle_buffer=buffer)
+        numbers = _numbers(list(itertools.islice(build_train_loader(cfg, PLAIN, batch_size=8, seed=0), 5)))
+        assert sorted(numbers) == list(range(40))
+        assert (numbers != list(range(40))) == shuffled, (buffer, numbers)
 
 
 def _write_damaged_shard(tmp_path) -> list[str]:

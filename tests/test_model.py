@@ -13,7 +13,7 @@ from mmembed.config.model import HeadSpec, ModalityConfig, ModelConfig, PairConf
 from mmembed.config.validate import structured_from_dict
 from mmembed.heads import HEADS, build_head
 from mmembed.model import MultiModalModel, build_model
-from mmembed.towers.base import ReadsModality
+from mmembed.types import ReadsModality
 
 CLIP_DEFAULTS = {"infonce": (math.log(1 / 0.07), None), "siglip": (math.log(10.0), -10.0)}
 

@@ -12,7 +12,7 @@ import torch
 from test_towers_common import TINY_BYTE_TEXT
 
 from mmembed.towers import TOWERS
-from mmembed.towers.byte_text import BOS_ID, BYTE_OFFSET, PAD_ID, ByteTextConfig, ByteTokenize
+from mmembed.towers.byte_text import BOS_ID, BYTE_OFFSET, PAD_ID, ByteTextConfig, ByteTextTower, ByteTokenize
 
 
 def _tower(**overrides: object) -> torch.nn.Module:
@@ -114,13 +114,31 @@ def test_graph_exports_to_onnx_and_matches_pytorch(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_exporter_refuses_byte_text_with_a_clear_message(tmp_path: Path) -> None:
-    from test_export_support import AUDIO, make_model, model_tree
+BYTE_STRINGS = ["garden", "", "Someone saying RIVER.", "ÉTÉ à Paris", "ΟΔΥΣΣΕΥΣ ΣΑΣ", "naïve café — “quotes”",
+                "emoji 🙂 and CJK 漢字", "tab\tand\nnewline", "x" * 40]
+
+
+def test_client_tokenizer_gives_the_towers_ids() -> None:
+    """The tokenizer.json a text export ships gives the same ids as the tower's preprocessor (BOS, bytes + 2,
+    lower case as Python's str.lower, truncation, padding), for multi-byte, Greek final-sigma and long text."""
+    from tokenizers import Tokenizer
+
+    tower = _tower()
+    shipped = Tokenizer.from_str(ByteTextTower.export_spec.client_tokenizer(tower).json)
+    pre = tower.preprocessor(is_train=False)
+    for text, encoding in zip(BYTE_STRINGS, shipped.encode_batch(BYTE_STRINGS), strict=True):
+        assert encoding.ids == pre(text).tolist(), text
+
+
+@pytest.mark.slow
+def test_onnx_byte_text_client_without_mmembed_matches_pytorch(tmp_path: Path) -> None:
+    from test_export_client_tokenizer import run_isolated_client, torch_embeddings
+    from test_export_support import make_model, model_tree
 
     from mmembed.export import export_towers
 
-    tree = model_tree({"audio": AUDIO, "text": {"type": "byte_text", "args": dict(TINY_BYTE_TEXT)}}, {},
-                      pairs=[("audio", "text", "infonce")])
+    tree = model_tree({"text": {"type": "byte_text", "args": dict(TINY_BYTE_TEXT)}}, {}, pairs=[])
     model, config = make_model(tree)
-    with pytest.raises(ValueError, match="tower type 'byte_text' has no export support"):
-        export_towers(model, config, tmp_path, "safetensors", modalities=["text"])
+    export_towers(model, config, tmp_path / "towers", "onnx")
+    got = run_isolated_client(tmp_path, tmp_path / "towers", "text", BYTE_STRINGS[1:])
+    np.testing.assert_allclose(got, torch_embeddings(model, "text", BYTE_STRINGS[1:]), rtol=0, atol=1e-5)

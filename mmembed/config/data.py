@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from mmembed.config.checks import at_least
+
 
 @dataclass
 class ShardSource:
@@ -16,6 +18,10 @@ class ShardSource:
     weight: float = 1.0
     # Number of samples in this source; None reads sizes.json next to the shards when present.
     num_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        at_least("data.train[*]", 0, weight=self.weight)
+        at_least("data.train[*]", 1, num_samples=self.num_samples)
 
 
 @dataclass
@@ -62,3 +68,11 @@ class DataConfig:
     # synthetic`. 0 disables it.
     synthetic_image_size: int = 0
     reinforced: ReinforcedDataConfig = field(default_factory=ReinforcedDataConfig)
+    # A run whose data worker skips this many samples in a row (missing members, undecodable bytes) stops
+    # with an error naming the reasons and shards, instead of spinning without ever producing a batch.
+    max_consecutive_skips: int = 1000
+
+    def __post_init__(self) -> None:
+        at_least("data", 1, batch_size=self.batch_size, max_consecutive_skips=self.max_consecutive_skips)
+        at_least("data", 0, num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer,
+                 synthetic_image_size=self.synthetic_image_size)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from mmembed.config.checks import at_least
+
 
 @dataclass
 class ZeroShotTask:
@@ -41,3 +43,9 @@ class EvalConfig:
     retrieval_chunk_size: int = 1024
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     retrieval: list[RetrievalTask] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        at_least("eval", 0, every=self.every, num_workers=self.num_workers)
+        at_least("eval", 1, batch_size=self.batch_size, retrieval_chunk_size=self.retrieval_chunk_size)
+        for k in self.retrieval_ks:
+            at_least("eval", 1, retrieval_ks=k)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmembed.config.checks import at_least, within
+
 
 @dataclass
 class OptimConfig:
@@ -21,6 +23,16 @@ class OptimConfig:
     # Regex -> lr multiplier, first match wins (big_vision style), e.g. {"^towers\\.text\\.": 0.1}.
     lr_multipliers: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        at_least("optim", 0, lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                 grad_clip=self.grad_clip)
+        at_least("optim", 1e-30, eps=self.eps)
+        within("optim", "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for pattern, multiplier in self.lr_multipliers.items():
+            at_least("optim", 0, **{f"lr_multipliers[{pattern!r}]": multiplier})
+
 
 @dataclass
 class TrainConfig:
@@ -32,7 +44,9 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     log_every: int = 10
+    # Checkpoint every this many steps (0: only the final one).
     save_every: int = 500
+    # Retention: the newest keep_last checkpoints survive (0 keeps all); the one LATEST names is never deleted.
     keep_last: int = 2
     # "skip" drops the step; "abort" stops the run.
     on_nonfinite: str = "skip"
@@ -49,5 +63,5 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.accum_freq < 1:
-            raise ValueError(f"train.accum_freq must be >= 1, got {self.accum_freq}")
+        at_least("train", 1, steps=self.steps, accum_freq=self.accum_freq, log_every=self.log_every)
+        at_least("train", 0, save_every=self.save_every, keep_last=self.keep_last)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmembed.config.data import DataConfig
+from mmembed.config.validate import ConfigError
 from mmembed.data.plans import EpochPlan, ResampledPlan, ShardPlan, SinglePassPlan, check_enough_shards
 from mmembed.data.resume import ResumableDataLoader, parse_resume
 from mmembed.data.samples import Decoder, Preprocessor, SampleDecoder, parse_key_list
@@ -27,7 +28,7 @@ def build_train_loader(
     resume: Mapping[str, Any] | None = None,
     extra_keys: Sequence[str] = (),
 ) -> DataLoader:
-    """Endless dict batches for step-based training (DESIGN.md section 1 "Batches").
+    """Endless dict batches for step-based training (docs/design.md, "Batches and the data pipeline").
 
     Each batch also carries `__worker__`, `__consumed__` (raw samples that worker has pulled, corrupt ones
     included) and `__skipped__` (what that worker has skipped so far). Record the latest `__consumed__` per
@@ -40,7 +41,7 @@ def build_train_loader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if not cfg.train:
-        raise ValueError("data.train lists no shard sources")
+        raise ConfigError("data.train lists no shard sources; add one with urls: [...]")
     sources = [expand_urls(source.urls) for source in cfg.train]
     check_local_shards([url for urls in sources for url in urls])
     point = parse_resume(resume, cfg.num_workers)
@@ -50,6 +51,7 @@ def build_train_loader(
         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
         shuffle_buffer=cfg.shuffle_buffer, resume=point.consumed,
         max_empty_shards=2 * sum(len(urls) for urls in sources) + 8,
+        max_consecutive_skips=cfg.max_consecutive_skips,
     )
     return _dataloader(BatchStream(spec), cfg.num_workers, seed, first_worker=point.next_worker)
 
@@ -85,8 +87,8 @@ def _train_plan(cfg: DataConfig, sources: list[list[str]], world_size: int) -> S
         return ResampledPlan(tuple(tuple(urls) for urls in sources), tuple(weights))
     if len(set(weights)) > 1:
         # An epoch visits every sample once, which leaves no room for weights.
-        raise ValueError(f"data.train weights {weights} need data.resampled: true; with resampled: false "
-                         "every shard is read once per epoch")
+        raise ConfigError(f"data.train weights {weights} need data.resampled: true; with resampled: false "
+                          "every shard is read once per epoch")
     urls = [url for source_urls in sources for url in source_urls]
     check_enough_shards(len(urls), world_size, cfg.num_workers)
     return EpochPlan(tuple(urls))
@@ -99,7 +101,7 @@ def _decoder(cfg: DataConfig, preprocessors: Mapping[str, Preprocessor],
     keys = {"image": cfg.image_keys, "text": cfg.text_keys, "audio": cfg.audio_keys}
     parsed = {m: parse_key_list(spec) for m, spec in keys.items()}
     if reinforced:  # evaluation always reads plain members
-        from mmembed.data.reinforced import ReinforcedSampleDecoder  # lazy: pulls in mmembed.reinforce
+        from mmembed.data.reinforced import ReinforcedSampleDecoder  # lazy: only reinforced runs replay views
 
         return ReinforcedSampleDecoder(dict(preprocessors), parsed, cfg.reinforced, tuple(extra_keys))
     return SampleDecoder(dict(preprocessors), parsed, tuple(extra_keys))

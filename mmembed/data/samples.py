@@ -9,9 +9,8 @@ from typing import Any, Protocol
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
 from mmembed.data.rng import seeded_global_rngs
 from mmembed.data.tar_samples import RawSample
+from mmembed.types import Preprocessor, ReadsModality
 
-# A per-sample preprocessor from the towers: PIL image | str | (waveform, sample_rate) -> tensor(s).
-Preprocessor = Callable[[Any], Any]
 # (member bytes, member extension) -> the value a modality's preprocessor receives.
 MemberDecoder = Callable[[bytes, str], Any]
 
@@ -47,7 +46,20 @@ class Decoder(Protocol):
 
 
 class SkipSample(Exception):
-    """A sample that cannot be used (missing or corrupt member); the reason names what is wrong."""
+    """A sample that cannot be used (missing or corrupt member); the message names what is wrong.
+
+    `reason` is the short cause that skips are grouped by (logging, the stall error): by default the message
+    up to its first " (" or ": ", e.g. "missing text" or "image member 'jpg'".
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or _short_reason(message)
+
+
+def _short_reason(message: str) -> str:
+    cuts = [i for i in (message.find(" ("), message.find(": ")) if i > 0]
+    return message[: min(cuts)] if cuts else message
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,9 @@ class SampleDecoder:
 
     def reads(self, field: str) -> str:
         """The data modality whose member feeds batch field `field`: the field itself unless its preprocessor
-        names another in a `reads` attribute (mmembed.towers.base.ReadsModality: a second text tower)."""
-        return str(getattr(self.preprocessors[field], "reads", field))
+        is a `ReadsModality` naming another (a second text tower reading the caption)."""
+        preprocessor = self.preprocessors[field]
+        return preprocessor.reads if isinstance(preprocessor, ReadsModality) else field
 
     def __call__(self, raw: RawSample, sample_seed: int, restore_rngs: bool = True) -> dict[str, Any]:
         """Decode and preprocess; augmentations draw from global RNGs seeded with `sample_seed`."""

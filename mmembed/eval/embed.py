@@ -1,4 +1,4 @@
-"""Computing embeddings for evaluation: inference mode, device transfer, batched text and loader passes.
+"""Computing embeddings for evaluation: inference mode, batched text and loader passes.
 
 Everything here talks to the model only through the public `encode(modality, inputs)` and
 `preprocessors(is_train)` methods, so it works for any MultiModalModel (or anything with those methods).
@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from mmembed.towers.base import Preprocessor, TowerInput
+from mmembed.device import to_device
+from mmembed.types import Preprocessor, TowerInput
 
 
 class EncodesModalities(Protocol):
@@ -25,17 +26,6 @@ class EncodesModalities(Protocol):
     def encode(self, modality: str, inputs: TowerInput) -> torch.Tensor: ...
 
     def preprocessors(self, is_train: bool) -> dict[str, Preprocessor]: ...
-
-
-def to_device(value: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or the tensors inside a dict/list (tokenizer output), to `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device) for v in value)
-    return value
 
 
 @contextmanager

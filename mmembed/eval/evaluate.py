@@ -6,6 +6,7 @@ Metric names: `zeroshot/<task>/{top1,top5,mean_per_class_recall}` and
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,14 @@ import numpy as np
 import torch
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.errors import DataError, MissingFileError, UnknownNameError, UsageError
 from mmembed.eval.embed import EncodesModalities, inference_mode, iterate_embeddings
 from mmembed.eval.retrieval import retrieval_metrics
 from mmembed.eval.templates import resolve_templates
 from mmembed.eval.zeroshot import build_zero_shot_classifier, run_zero_shot
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
+
+log = logging.getLogger("mmembed.eval")
 
 
 class LoaderFactory(Protocol):
@@ -47,16 +51,34 @@ class TaskResult:
     confusion: np.ndarray | None = None
     classnames: list[str] | None = None
     seconds: float = 0.0
+    # Samples evaluated, and samples the loader skipped as corrupt or incomplete (None: the loader does not say).
+    samples: int = 0
+    skipped: int | None = None
+    unreadable_shards: int = 0
+
+    def counts(self) -> str:
+        """'<kind>/<name>: N samples used, M skipped' (plus unreadable shard parts, whose samples are lost)."""
+        skipped = "an unknown number" if self.skipped is None else str(self.skipped)
+        lost = f", {self.unreadable_shards} unreadable shard parts" if self.unreadable_shards else ""
+        return f"{self.kind}/{self.name}: {self.samples} samples used, {skipped} skipped{lost}"
+
+
+def _skip_counts(loader: Any) -> tuple[int | None, int]:
+    """(samples skipped, unreadable shard parts) of a finished mmembed loader; (None, 0) for other iterables."""
+    counts = getattr(loader, "skip_counts", None)
+    if counts is None:
+        return None, 0
+    return int(counts.get("samples", 0)), int(counts.get("shards", 0))
 
 
 def read_classnames(path: str | Path) -> list[str]:
     """Class names, one per line (blank lines skipped); line order is the label order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class-name file not found: {path}")
+        raise MissingFileError(f"class-name file not found: {path}")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"class-name file {path} has no class names")
+        raise UsageError(f"class-name file {path} has no class names (one per line expected)")
     return names
 
 
@@ -70,7 +92,7 @@ def _modality_preprocessors(model: EncodesModalities, modalities: Sequence[str])
     available = model.preprocessors(is_train=False)
     missing = [m for m in modalities if m not in available]
     if missing:
-        raise KeyError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
+        raise UnknownNameError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
     return {m: available[m] for m in modalities}
 
 
@@ -95,7 +117,7 @@ def run_zero_shot_task(
                            device=device, progress=progress, desc=f"zeroshot/{task.name}")
     metrics = {f"zeroshot/{task.name}/{k}": v for k, v in result.metrics().items()}
     return TaskResult("zeroshot", task.name, metrics, result.confusion, classnames,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, result.num_samples, *_skip_counts(loader))
 
 
 def run_retrieval_task(
@@ -109,7 +131,7 @@ def run_retrieval_task(
 ) -> TaskResult:
     start = time.perf_counter()
     if task.a == task.b:
-        raise ValueError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
+        raise UsageError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
     loader = loader_factory(list(task.urls), _modality_preprocessors(model, [task.a, task.b]),
                             batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=())
     chunks: dict[str, list[torch.Tensor]] = {task.a: [], task.b: []}
@@ -119,11 +141,13 @@ def run_retrieval_task(
             for modality, emb in embeddings.items():
                 chunks[modality].append(emb)
     if not chunks[task.a]:
-        raise ValueError(f"retrieval task '{task.name}' found no samples in {list(task.urls)}")
+        raise DataError(f"retrieval task '{task.name}' found no usable samples in {list(task.urls)}")
     values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
                                b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
-    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start)
+    skipped, shards = _skip_counts(loader)
+    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
+                      samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards)
 
 
 def run_tasks(
@@ -141,7 +165,7 @@ def run_tasks(
         # Metric names are keyed by task name, so a repeat would silently overwrite the first task's results.
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
+            raise UsageError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
     kwargs = {"device": device, "progress": progress, "loader_factory": factory}
     results = [run_zero_shot_task(model, task, cfg, **kwargs) for task in cfg.zeroshot]
     results += [run_retrieval_task(model, task, cfg, **kwargs) for task in cfg.retrieval]
@@ -162,4 +186,5 @@ def evaluate(
         for result in run_tasks(model, eval_cfg, device=device, progress=progress,
                                 loader_factory=loader_factory):
             metrics.update(result.metrics)
+            log.info("%s", result.counts())
     return metrics

@@ -1,7 +1,7 @@
 """The reinforced-dataset builder: one output shard per input shard, resumable, rank-parallel, appendable.
 
 Per input shard `NAME.tar` the builder writes `OUT/NAME.tar` with every source member kept and the
-reinforcement members added (see mmembed.reinforce.embed). Work is split by shard: under `accelerate launch`
+reinforcement members added (see mmembed.reinforced_format). Work is split by shard: under `accelerate launch`
 (or torchrun) rank r of W takes shards r, r+W, ... (RANK / WORLD_SIZE / LOCAL_RANK from the environment, so
 no process group is needed). A shard is complete iff its completion record exists (mmembed.reinforce.shard_io);
 a restart with the same command skips complete shards and rewrites the rest. When every shard is complete,

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mmembed.registry import Registry
+from mmembed.towers.export_spec import ExportSpec
+from mmembed.types import Preprocessor, TowerInput
 
-# A tower's input for one batch: a tensor ([B,3,H,W] images, [B,T] waveforms, [B,L] token ids) or a dict of
-# tensors (Hugging Face tokenizer output such as input_ids + attention_mask).
-TowerInput = torch.Tensor | dict[str, torch.Tensor]
-
-# A per-sample preprocessor maps one decoded value (PIL image, str, or (waveform float32 [T], sample_rate))
-# to a fixed-shape tensor (or dict of tensors) that the default collate can stack.
-Preprocessor = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class ReadsModality:
-    """The preprocessor of a model modality named other than its tower's kind, e.g. a second text tower
-    `chars` beside `text`: `reads` names the data modality whose sample member (and decoder) feeds it, so
-    both towers see the same caption. The data pipeline reads the `reads` attribute."""
-
-    reads: str
-    preprocessor: Preprocessor
-
-    def __call__(self, value: Any) -> Any:
-        return self.preprocessor(value)
+__all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "export_spec_of", "list_towers"]
 
 
 @runtime_checkable
@@ -43,6 +24,8 @@ class Tower(Protocol):
 
     modality: str
     output_dim: int
+    # What exporting needs to know about this tower type (mmembed.towers.export_spec); a class attribute.
+    export_spec: ExportSpec
 
     def encode(self, inputs: TowerInput) -> torch.Tensor: ...
 
@@ -54,6 +37,13 @@ class Tower(Protocol):
 
 
 TOWERS: Registry[nn.Module] = Registry("tower")
+
+
+def export_spec_of(tower_type: str) -> ExportSpec:
+    """The export facts of a registered tower type, without building one."""
+    import mmembed.towers  # noqa: F401  (declares the built-in towers)
+
+    return TOWERS.get(tower_type).builder.export_spec
 
 
 def list_towers() -> list[str]:

@@ -9,17 +9,14 @@ heard (docs/audio.md, "Speech, word level"). Bytes rather than characters: every
 Token ids: 0 = padding, 1 = BOS (always first, so no row is empty), 2 + b for byte b. Text is lower-cased by
 default (speech carries no case) and truncated to `context_length` tokens including the BOS.
 
-Export: not supported yet. The per-tower exporter (mmembed/export/tower_kinds.py) keeps one entry per tower
-type describing its inputs and its preprocessing, and has none for `byte_text`; exporting a model with this
-tower stops with that message. The encoder is plain torch (embedding, LayerNorm, linear, scaled dot-product
-attention), and tests/test_towers_byte_text.py checks that it exports to ONNX and matches onnxruntime, so the
-missing entry would be: input `text` int64 [batch, context_length], preprocess {"kind": "byte_tokenizer",
-"context_length", "lowercase"} rebuilt with `ByteTokenize`.
+Export: safetensors and ONNX (the encoder is plain torch: embedding, LayerNorm, linear, scaled dot-product
+attention), with a `tokenizers`-library tokenizer.json for clients (`_client_tokenizer`); no open_clip slot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +24,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.clip_tokenizer_json import python_lowercase
+from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
 
 PAD_ID = 0
 BOS_ID = 1
@@ -111,8 +110,50 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _token_inputs(tower: nn.Module) -> list[InputSpec]:
+    return [InputSpec("text", "int64", ("batch", int(tower.context_length)))]
+
+
+def _export_preprocess(tower: nn.Module) -> dict[str, Any]:
+    return {"kind": "byte_tokenizer", "context_length": int(tower.context_length),
+            "lowercase": bool(tower.cfg.lowercase)}
+
+
+def _client_tokenizer(tower: nn.Module) -> ClientTokenizer:
+    """The byte tokenizer in the `tokenizers` library: ByteLevel maps each UTF-8 byte to one character (GPT-2's
+    byte-to-unicode table), a BPE without merges maps that character to id byte + 2, BOS and padding around."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID}
+    vocab.update({char: BYTE_OFFSET + byte for byte, char in enumerate(_gpt2_byte_chars())})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    if tower.cfg.lowercase:
+        tokenizer.normalizer = python_lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
+    tokenizer.enable_truncation(max_length=int(tower.context_length))
+    tokenizer.enable_padding(length=int(tower.context_length), pad_id=PAD_ID, pad_token="<pad>")
+    return ClientTokenizer(tokenizer.to_str(), {"text": "ids"})
+
+
+def _gpt2_byte_chars() -> list[str]:
+    """Byte b -> the printable character ByteLevel writes for it (GPT-2's table), in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+@TOWERS.register("byte_text", ByteTextConfig)
 class ByteTextTower(nn.Module):
     modality = "text"
+    export_spec = ExportSpec(inputs=_token_inputs, preprocess=_export_preprocess, client_tokenizer=_client_tokenizer,
+                             unsupported={"open_clip": "open_clip has no byte-level text tower"})
 
     def __init__(self, cfg: ByteTextConfig) -> None:
         super().__init__()
@@ -157,8 +198,3 @@ class ByteTextTower(nn.Module):
 
     def preprocessor(self, is_train: bool) -> Preprocessor:
         return ByteTokenize(self.context_length, self.cfg.lowercase)
-
-
-@TOWERS.register("byte_text", ByteTextConfig)
-def build_byte_text(cfg: ByteTextConfig) -> ByteTextTower:
-    return ByteTextTower(cfg)

@@ -1,18 +1,10 @@
-"""Moving and merging dict batches (tensors, nested dicts of tensors, lists of keys)."""
+"""Merging dict batches (tensors, nested dicts of tensors, lists of keys) for contrastive accumulation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-
-
-def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
-    return batch
 
 
 def merge_batches(batches: list[Any]) -> Any:

@@ -15,23 +15,27 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
+from mmembed.collective import agree_on_failure
 from mmembed.config import ExperimentConfig, recipe_to_yaml
 from mmembed.data import build_train_loader
 from mmembed.data.synthetic import build_synthetic_loader
+from mmembed.device import to_device
+from mmembed.errors import UserError
 from mmembed.model import build_model, pair_key
-from mmembed.train.batching import batch_size_of, to_device
+from mmembed.recipe import complete_recipe
+from mmembed.train.batching import batch_size_of
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
+from mmembed.train.faults import NonFiniteLoss, report_nonfinite
 from mmembed.train.metrics_log import MetricsLog
 from mmembed.train.objective import Objective
 from mmembed.train.optim import build_optimizer, build_scheduler, param_groups
+from mmembed.train.run_folder import check_run_folder, clear_run_folder
 from mmembed.train.step import StepOutput, accumulated_step, average_gradients, plain_step
 from mmembed.train.throughput import Throughput
 
 log = logging.getLogger("mmembed.train")
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+__all__ = ["NonFiniteLoss", "TrainResult", "Trainer"]
 
 
 @dataclass
@@ -42,8 +46,11 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: ExperimentConfig, resume: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: ExperimentConfig, resume: str | None = None, overwrite: bool = False) -> None:
+        """`resume`: 'latest' or a checkpoint folder. A fresh run (no `resume`) refuses an output_dir that
+        holds another run unless `overwrite`, which deletes that run's checkpoints and logs first."""
+        # Validated and with derived loss sizes filled in, however the config was made.
+        self.config = config = complete_recipe(config)
         self.run_dir = Path(config.output_dir)
         tc = config.train
         self.accelerator = Accelerator(
@@ -52,6 +59,7 @@ class Trainer:
             mixed_precision=tc.precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.find_unused_parameters)],
         )
+        self._claim_run_folder(resume, overwrite)
         set_seed(config.seed, device_specific=True)
         self.model = build_model(config.model)
         if tc.channels_last:
@@ -66,12 +74,23 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.checkpoints = CheckpointManager(self.run_dir, self.accelerator, tc.keep_last)
         self.state = self._maybe_resume(resume)
-        self.metrics = MetricsLog(self.run_dir, self.accelerator.is_main_process)
+        self.metrics: MetricsLog | None = None  # opened by fit(): nothing is written before training starts
         self.data_consumed: dict[int, int] = dict(self.state.data_consumed)
         self.next_worker = self.state.next_worker
         self.data_skipped: dict[int, int] = {}
+        self.batch_keys: list[str] = []
+        self.step_lr = 0.0
 
     # -- setup helpers -------------------------------------------------------------------------------
+    def _claim_run_folder(self, resume: str | None, overwrite: bool) -> None:
+        """Every rank checks before the main process deletes anything, so all ranks see the same folder."""
+        clear = check_run_folder(self.run_dir, resume, overwrite)
+        self.accelerator.wait_for_everyone()
+        if clear and self.accelerator.is_main_process:
+            log.warning("--overwrite: deleting the previous run's checkpoints and logs in %s", self.run_dir)
+            clear_run_folder(self.run_dir)
+        self.accelerator.wait_for_everyone()
+
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [*self.model.named_parameters(), *(
             (f"objective.{n}", p) for n, p in self.objective.named_parameters())]
@@ -92,14 +111,24 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _maybe_resume(self, resume: str | None) -> ResumeState:
-        path = self.checkpoints.resolve(resume) if resume else None
-        if path is None:
-            if resume:
-                log.info("no checkpoint under %s yet: starting from scratch", self.checkpoints.root)
+        if not resume:
             return ResumeState(step=0)
-        state = self.checkpoints.load(path, self.model, self.objective, self.optimizer, self.scheduler)
-        log.info("resumed from %s at step %d", path, state.step)
+        state = self.checkpoints.resume(resume, self.model, self.objective, self.optimizer, self.scheduler)
+        if state is None:
+            log.info("no checkpoint under %s yet: starting from scratch", self.checkpoints.root)
+            return ResumeState(step=0)
+        self._check_data_workers(state)
+        log.info("resumed from %s at step %d", state.path, state.step)
         return state
+
+    def _check_data_workers(self, state: ResumeState) -> None:
+        """Each worker's stream position only means something for the same split of shards over workers."""
+        workers = self.config.data.num_workers
+        if self.config.data.synthetic_image_size or state.num_workers in (None, workers):
+            return
+        raise UserError(f"the checkpoint at step {state.step} was written with data.num_workers="
+                        f"{state.num_workers}, this run has {workers}: the data stream is split per worker, so "
+                        f"an exact resume needs data.num_workers={state.num_workers} (or start a new run)")
 
     def _loader(self) -> Iterator[dict[str, Any]]:
         acc, data = self.accelerator, self.config.data
@@ -117,33 +146,43 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         acc, tc = self.accelerator, self.config.train
+        batches = self._loader()  # first: a bad shard path fails before the run folder is created
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(recipe_to_yaml(self.config))
-        batches = self._loader()
+        self.metrics = MetricsLog(self.run_dir, acc.is_main_process)
         timer = Throughput()
         bar = tqdm(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
                    desc="train", unit="step", dynamic_ncols=True)
         step = self.state.step
-        while step < tc.steps:
-            micro = self._next_micro_batches(batches, timer)
-            output = self._train_step(micro, step)
-            step += 1
-            bar.update(1)
-            self._after_step(step, output, timer, bar)
-        bar.close()
+        try:
+            while step < tc.steps:
+                micro = self._next_micro_batches(batches, timer)
+                output = self._train_step(micro, step)
+                step += 1
+                bar.update(1)
+                self._after_step(step, output, timer, bar)
+        finally:
+            bar.close()  # before any error message, which must be the last line the user sees
         final = self._finish(step)
         return TrainResult(step=step, run_dir=self.run_dir, final_metrics=final)
 
     def _next_micro_batches(self, batches: Iterator[dict[str, Any]], timer: Throughput) -> list[dict]:
-        micro = []
+        micro, failure = [], None
         for _ in range(self.config.train.accum_freq):
             start = time.perf_counter()
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except Exception as err:  # re-raised below, once every rank knows
+                failure = err
+                break
             timer.add_data_wait(time.perf_counter() - start)
             self._track_data_position(batch)
             self._audit_sample_ids(batch)
             micro.append(to_device(batch, self.accelerator.device))
+        # A rank whose data fails must not leave the others waiting in the next collective.
+        agree_on_failure(failure, "loading its next batch", self.accelerator.device)
+        self.batch_keys = [key for batch in micro for key in batch.get("__key__", [])]
         timer.add_samples(sum(batch_size_of(b) for b in micro) * self.accelerator.num_processes)
         return micro
 
@@ -180,6 +219,7 @@ class Trainer:
         else:
             self._handle_nonfinite(step, output)
         self.optimizer.zero_grad(set_to_none=True)
+        self.step_lr = self._scheduled_lr()  # the rate this update used; scheduler.step() moves to the next
         self.scheduler.step()
         with torch.no_grad():
             self.unwrapped.clamp_logit_scales()
@@ -189,12 +229,16 @@ class Trainer:
         flag = torch.tensor([float(torch.isfinite(loss))], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
 
+    def _scheduled_lr(self) -> float:
+        """The schedule's base rate now (optim.lr x warmup/cosine factor), whatever the groups' multipliers."""
+        for lr, base in zip(self.scheduler.get_last_lr(), self.scheduler.base_lrs):
+            if base > 0:
+                return self.config.optim.lr * lr / base
+        return 0.0
+
     def _handle_nonfinite(self, step: int, output: StepOutput) -> None:
-        message = f"non-finite loss {output.loss.item()} at step {step}; terms: " + ", ".join(
-            f"{k}={v.item():.4g}" for k, v in output.terms.items())
-        if self.config.train.on_nonfinite == "abort":
-            raise NonFiniteLoss(message)
-        log.warning("%s; skipping the update", message)
+        report_nonfinite(step, output, self.batch_keys, self.run_dir, self.accelerator.process_index,
+                         abort=self.config.train.on_nonfinite == "abort")
         self.metrics.log(step, {"nonfinite_skipped": 1.0})
 
     def _after_step(self, step: int, output: StepOutput, timer: Throughput, bar: Any) -> None:
@@ -211,7 +255,7 @@ class Trainer:
 
     def _step_metrics(self, output: StepOutput, timer: Throughput) -> dict[str, float]:
         loss = self.accelerator.reduce(output.loss.detach().float(), "mean")
-        values = {"loss": float(loss.item()), "lr": self.scheduler.get_last_lr()[0],
+        values = {"loss": float(loss.item()), "lr": self.step_lr,
                   "data_skipped": float(sum(self.data_skipped.values()))}
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
@@ -223,7 +267,7 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler,
-                              ResumeState(step, self.data_consumed, self.next_worker))
+                              ResumeState(step, self.data_consumed, self.next_worker, self.config.data.num_workers))
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
