@@ -65,5 +65,5 @@ def test_cli_surface_is_frozen() -> None:
              for name, p in sub.choices.items()}
     assert flags["train"] == ["--debug", "--help", "--overwrite", "--resume"]
     assert all("--debug" in options for options in flags.values()), flags
-    assert set(flags) == {"train", "eval", "export", "embed", "search", "reinforce"}
+    assert set(flags) == {"train", "eval", "export", "embed", "search", "reinforce", "consolidate"}
     assert all(len(options) <= 16 for options in flags.values()), flags

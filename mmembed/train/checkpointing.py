@@ -34,6 +34,8 @@ from safetensors.torch import save_file
 
 from mmembed.checkpoint import (
     CHECKPOINT_META,
+    CONFIG_NAME,
+    SHARDS_DIR,
     WEIGHTS_NAME,
     atomic_write_text,
     read_checkpoint_meta,
@@ -41,6 +43,7 @@ from mmembed.checkpoint import (
     save_state_dir,
     state_to_safetensors,
 )
+from mmembed.config import recipe_to_yaml
 from mmembed.errors import CorruptFileError, MissingFileError, UserError, one_line
 from mmembed.integrity import (
     describe_files,
@@ -142,6 +145,8 @@ class CheckpointManager:
             if self.sharded is None:
                 save_model_dir(tmp / "model", acc.unwrap_model(model), config)
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            else:  # the recipe next to the model's shards, for `mmembed consolidate`
+                atomic_write_text(tmp / SHARDS_DIR / CONFIG_NAME, recipe_to_yaml(config))
             save_file(state_to_safetensors(objective), str(tmp / "objective.safetensors"))
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:

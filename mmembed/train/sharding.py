@@ -93,17 +93,18 @@ def _has_batch_norm(module: nn.Module) -> bool:
 
 
 def unit_policy(module: nn.Module, precision: str, block: bool) -> MixedPrecisionPolicy:
-    """bf16 gathered parameters with fp32 gradient reduction for blocks; fp32 for the rest.
+    """bf16 blocks with fp32 gradient reduction; fp32 for the rest.
 
-    Blocks hold most weights and FLOPs. The rest of a tower (stems, embeddings, final norms, the audio front
-    end's normalisation) and the heads keep fp32 parameters, as do blocks with BatchNorm (its running
-    statistics stay fp32 buffers, which not every kernel accepts next to bf16 weights). Autocast still runs
-    around the forward, as under DDP, so norms and softmaxes compute in fp32 either way.
+    Blocks hold most weights and FLOPs: under bf16 FSDP gathers their weights in bf16 and casts their inputs
+    to bf16, so the residual stream between blocks is bf16 (as in open_clip's and torchtitan's FSDP2). The rest
+    of a tower (stems, embeddings, final norms, projections, the audio front end) and the heads keep fp32
+    weights and take their inputs as they come, as do blocks with BatchNorm (its running statistics stay fp32
+    buffers, which not every kernel accepts next to bf16 weights); autocast runs around the forward as under
+    DDP and gives each op of these its precision.
     """
-    # Inputs are not cast: the residual stream stays fp32 and autocast picks each op's precision, as under DDP.
     if precision != "bf16" or not block or _has_batch_norm(module):
         return MixedPrecisionPolicy(cast_forward_inputs=False)
-    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
 
 def _shard_tower(tower: nn.Module, mesh: object, precision: str, reshard: bool, compile_blocks: bool) -> int:
@@ -166,6 +167,18 @@ def is_sharded(module: nn.Module) -> bool:
 def replicated_trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """Trainable parameters FSDP does not own: their gradients must be averaged over ranks by mmembed."""
     return [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
+
+
+def split_sharded_groups(groups: list[dict]) -> list[dict]:
+    """Each optimizer group split into its sharded and its replicated parameters (same hyperparameters):
+    one optimizer kernel call takes one group, and it refuses a mix of DTensors and plain tensors."""
+    split = []
+    for group in groups:
+        for sharded in (True, False):
+            params = [p for p in group["params"] if isinstance(p, DTensor) == sharded]
+            if params:
+                split.append({**group, "params": params})
+    return split
 
 
 # -- bytes per rank -----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from mmembed.train.sharding import (
     replicated_trainable,
     resolve_sharding,
     shard_model,
+    split_sharded_groups,
 )
 from mmembed.train.step import StepOutput, accumulated_step, average_gradients, plain_step
 from mmembed.train.throughput import Throughput
@@ -79,6 +80,8 @@ class Trainer:
         self._freeze_unused_pair_scales()
         report = self._shard() if self.sharded else None
         groups = param_groups(self._named_trainable(), self._no_decay(), config.optim)
+        if self.sharded:
+            groups = split_sharded_groups(groups)
         optimizer = build_optimizer(groups, config.optim)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.steps)
         if self.sharded:  # not prepared: accelerate would wrap the sharded model in DDP as well
