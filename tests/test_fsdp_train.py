@@ -202,3 +202,22 @@ def test_ddp_run_refuses_a_sharded_checkpoint(fsdp_runs: tuple[Path, Path], tmp_
     # One line per rank (the launcher's own report of the failed children follows them).
     lines = [line for line in refused.stderr.splitlines() if line.startswith("mmembed train: error: ")]
     assert len(lines) == 2 and all("sharded (train.sharding: fsdp)" in line for line in lines), lines
+
+
+def test_damaged_shard_of_one_rank_falls_back_on_both(fsdp_runs: tuple[Path, Path], tmp_path: Path,
+                                                      small_demo: Path) -> None:
+    """Rank 1's optimizer shard in LATEST is damaged: rank 1 finds it (each rank verifies the files it reads),
+    both ranks skip that checkpoint and resume from the one before."""
+    import shutil
+
+    from fault_support import overwrite_middle
+
+    run = tmp_path / "run"
+    shutil.copytree(fsdp_runs[0], run)
+    overwrite_middle(_checkpoint(run, 9) / "shards" / "optim-rank1-of-2.safetensors")
+    cmd, env = _train_sh(_demo_args(small_demo, run, steps=10), 29577)
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "skipping checkpoint" in resumed.stderr and "optim-rank1-of-2.safetensors" in resumed.stderr
+    assert resumed.stderr.count("step_00000006 at step 6") == 2  # "resumed from ...", once per rank
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step_00000010"
