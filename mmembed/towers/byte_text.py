@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.clip_tokenizer_json import python_lowercase
 from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
+from mmembed.towers.shard_spec import ShardSpec, timm_units
 
 PAD_ID = 0
 BOS_ID = 1
@@ -152,6 +153,8 @@ def _gpt2_byte_chars() -> list[str]:
 @TOWERS.register("byte_text", ByteTextConfig)
 class ByteTextTower(nn.Module):
     modality = "text"
+    # Its blocks live in `blocks`, where timm keeps them, so the timm rule finds them.
+    shard_spec = ShardSpec(units=lambda tower: timm_units(tower, ""))
     export_spec = ExportSpec(inputs=_token_inputs, preprocess=_export_preprocess, client_tokenizer=_client_tokenizer,
                              unsupported={"open_clip": "open_clip has no byte-level text tower"})
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from mmembed.train.batching import batch_size_of, merge_batches
 from mmembed.train.objective import Objective
+from mmembed.train.sharding import is_sharded
 
 
 @dataclass
@@ -78,7 +79,9 @@ def accumulated_step(
     embeddings = _as_leaves(merge_batches([c.embeddings for c in cached]))
     features = _as_leaves(merge_batches([c.features for c in cached]))
     full_batch = merge_batches(micro_batches)
-    sync_off = accelerator.no_sync(model) if accelerator.num_processes > 1 else nullcontext()
+    # FSDP reduce-scatters after every backward into sharded gradients (no full-size copy to keep unsynced).
+    sharded = is_sharded(unwrapped)
+    sync_off = accelerator.no_sync(model) if accelerator.num_processes > 1 and not sharded else nullcontext()
     with sync_off:
         with accelerator.autocast():
             loss, terms = objective(unwrapped, embeddings, features, full_batch, step)
@@ -91,6 +94,8 @@ def accumulated_step(
                 surrogate = _surrogate(model(mb), (embeddings, features), rows)
             if surrogate is not None:
                 surrogate.backward()
-    # DDP was told not to sync: average every trainable gradient ourselves, once.
-    average_gradients([p for p in unwrapped.parameters() if p.requires_grad])
+    # DDP was told not to sync: average every trainable gradient ourselves, once (under FSDP the trainer
+    # averages the replicated parameters).
+    if not sharded:
+        average_gradients([p for p in unwrapped.parameters() if p.requires_grad])
     return StepOutput(loss.detach(), terms)
