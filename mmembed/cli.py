@@ -31,6 +31,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("consolidate")
+def _consolidate(args: argparse.Namespace) -> int:
+    from mmembed.train.consolidate import consolidate
+
+    out = consolidate(Path(args.checkpoint), Path(args.out) if args.out else None)
+    print(f"consolidated model folder: {out}")
+    return 0
+
+
 @command("eval")
 def _eval(args: argparse.Namespace) -> int:
     from mmembed.eval import run_eval_command
@@ -83,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an output_dir that holds another run: deletes its checkpoints and logs")
+
+    cons = sub.add_parser("consolidate", help="the full model folder (for eval/export) of a sharded FSDP checkpoint",
+                          description="Stitch a sharded (FSDP) checkpoint's shards into a model folder "
+                                      "(model.safetensors + config.yaml), which eval and export load. By default "
+                                      "it goes into the checkpoint as model/, with its checksums recorded.")
+    cons.add_argument("checkpoint", help="run dir (its latest checkpoint) or checkpoint dir")
+    cons.add_argument("--out", help="write a standalone model folder here instead")
 
     ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint",
                         description="Zero-shot classification or retrieval of a checkpoint on the given shards. "

@@ -124,12 +124,15 @@ class SourceBook:
                          f"{values[f'{at}/skipped']:.0f} skipped")
         return lines
 
-    def describe(self, world_size: int) -> str:
+    def describe(self, world_size: int, sharded: bool = False) -> str:
         """The start-up line: each source with its modalities, pairs and weight, and the gradient sync."""
         parts = [f"'{p.name}' [{', '.join(p.modalities)}] trains "
                  f"{', '.join(self.pair_keys[i] for i in p.pairs)} (weight {p.weight:g})" for p in self.plans]
         text = f"{len(self.plans)} data sources, one per micro-batch: " + "; ".join(parts)
-        if self.manual_sync and world_size > 1:
+        if self.manual_sync and world_size > 1 and sharded:
+            text += (". Some steps leave towers without gradient, identically on every rank: FSDP skips their "
+                     "reduce-scatters on all ranks alike")
+        elif self.manual_sync and world_size > 1:
             text += (". Some steps leave towers or logit scales without gradient, identically on every rank: "
                      "gradients are averaged across ranks after backward instead of by DDP's reducer "
                      "(find_unused_parameters is not needed)")

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmembed.train.objective import BatchPart, Objective
+from mmembed.train.sharding import is_sharded
 
 
 @dataclass
@@ -106,7 +107,9 @@ def accumulated_step(
         cached = [model(mb) for mb in micro_batches]
     parts = [BatchPart(_as_leaves(c.embeddings), _as_leaves(c.features), mb)
              for c, mb in zip(cached, micro_batches, strict=True)]
-    sync_off = accelerator.no_sync(model) if accelerator.num_processes > 1 else nullcontext()
+    # FSDP reduce-scatters after every backward into sharded gradients (no full-size copy to keep unsynced).
+    sharded = is_sharded(unwrapped)
+    sync_off = accelerator.no_sync(model) if accelerator.num_processes > 1 and not sharded else nullcontext()
     with sync_off:
         with accelerator.autocast():
             result = objective.over_parts(unwrapped, parts, step)
@@ -116,6 +119,8 @@ def accumulated_step(
                 surrogate = _surrogate(model(mb), part)
             if surrogate is not None:
                 surrogate.backward()
-    # DDP was told not to sync: average every trainable gradient ourselves, once.
-    average_gradients(_trainable(unwrapped))
+    # DDP was told not to sync: average every trainable gradient ourselves, once (under FSDP the trainer
+    # averages the replicated parameters).
+    if not sharded:
+        average_gradients(_trainable(unwrapped))
     return StepOutput(result.loss.detach(), result.terms, result.pair_losses)
