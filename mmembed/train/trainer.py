@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from tqdm.auto import tqdm
 
 from mmembed.collective import agree_on_failure
 from mmembed.config import ExperimentConfig, recipe_to_yaml
@@ -23,6 +22,7 @@ from mmembed.data.synthetic import build_synthetic_loader
 from mmembed.device import to_device
 from mmembed.errors import UserError
 from mmembed.model import build_model, pair_key
+from mmembed.progress import progress, progress_write
 from mmembed.recipe import complete_recipe
 from mmembed.train.batching import batch_size_of
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
@@ -223,8 +223,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(recipe_to_yaml(self.config))
         self.metrics = MetricsLog(self.run_dir, acc.is_main_process)
         timer = Throughput()
-        bar = tqdm(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = progress(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
+                       desc="train", unit="step")
         step = self.state.step
         try:
             while step < tc.steps:
@@ -366,7 +366,7 @@ class Trainer:
                 results = evaluate(self.unwrapped, self.config.eval, device=acc.device)
             if acc.is_main_process:
                 self.metrics.log(step, {f"eval/{k}": v for k, v in results.items()})
-                tqdm.write(f"evaluation at step {step}:\n{format_table(results)}")
+                progress_write(f"evaluation at step {step}:\n{format_table(results)}")
         acc.wait_for_everyone()
         return results
 
