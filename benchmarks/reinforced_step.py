@@ -60,7 +60,7 @@ def _text(width: int, layers: int) -> dict[str, Any]:
 def experiment(name: str, width: int, layers: int, steps: int, pair: dict[str, Any],
                reinforced: bool = False) -> ExperimentConfig:
     """demo.yaml reduced to image-text, with the given tower size, pair loss and data."""
-    tree = OmegaConf.to_container(OmegaConf.load(REPO / "recipes/demo.yaml"))
+    tree = OmegaConf.to_container(OmegaConf.load(REPO / "recipes/demo.yaml"), resolve=True)
     tree["name"], tree["output_dir"] = name, str(REPO / "runs" / name)
     tree["model"]["modalities"] = {"image": {"tower": _vision(width, layers), "head": {"type": "identity"}},
                                    "text": {"tower": _text(width, layers), "head": {"type": "identity"}}}

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-seconds", type=float, default=1.0)
     parser.add_argument("--samples-per-shard", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpora", action="store_true",
+                        help="also write the demo as separate image-text and audio-text corpora plus a tri-modal "
+                             "val set under OUT/corpora (data_tools.make_demo_corpora)")
     args = parser.parse_args(argv)
     info = make_demo_data(args.out, train_samples=args.train_samples, val_samples=args.val_samples,
                           image_size=args.image_size, sample_rate=args.sample_rate,
@@ -125,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, split in info["splits"].items():
         print(f"{name}: {split['num_samples']} samples in {split['num_shards']} shards: {split['urls']}")
     print(f"zero-shot classes: {info['classnames']}  info: {info['info']}")
+    if args.corpora:
+        from data_tools.make_demo_corpora import main as write_corpora
+
+        write_corpora(["--out", str(args.out / "corpora"), "--seed", str(args.seed)])
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
 # A training checkpoint's metadata (mmembed.train.checkpointing); its "files" table holds the checksums.
 CHECKPOINT_META = "trainer.json"
+# The folder of a sharded (FSDP) training checkpoint holding each rank's shards (mmembed.train.sharded_checkpoint).
+SHARDS_DIR = "shards"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,8 +44,13 @@ def state_to_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model_dir(path: Path, model: nn.Module, config: ExperimentConfig) -> None:
     """Write config + weights into `path` (created; written in place, callers rename for atomicity)."""
+    save_state_dir(path, state_to_safetensors(model), config)
+
+
+def save_state_dir(path: Path, state: dict[str, torch.Tensor], config: ExperimentConfig) -> None:
+    """`save_model_dir` for a state dict already in hand (e.g. stitched from a sharded checkpoint)."""
     path.mkdir(parents=True, exist_ok=True)
-    save_file(state_to_safetensors(model), str(path / WEIGHTS_NAME))
+    save_file(state, str(path / WEIGHTS_NAME))
     atomic_write_text(path / CONFIG_NAME, recipe_to_yaml(config))
 
 
@@ -92,8 +99,15 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / WEIGHTS_NAME).is_file() and (candidate / CONFIG_NAME).is_file():
             return candidate
     if latest.is_file():
+        named = path / "checkpoints" / latest.read_text().strip()
+        if (named / SHARDS_DIR).is_dir():
+            raise MissingFileError(f"{named} is a sharded (FSDP) checkpoint without a consolidated model; run "
+                                   f"`mmembed consolidate {path}` first")
         raise MissingFileError(f"{latest} names checkpoint '{latest.read_text().strip()}', which has no complete "
                                f"model/ folder; pass a checkpoint folder under {path / 'checkpoints'} explicitly")
+    if (path / SHARDS_DIR).is_dir():
+        raise MissingFileError(f"{path} is a sharded (FSDP) checkpoint without a consolidated model; run "
+                               f"`mmembed consolidate {path}` first")
     raise MissingFileError(f"no model checkpoint ({WEIGHTS_NAME} + {CONFIG_NAME}) found under {path}; pass a "
                            "run folder, a checkpoint folder (with model/) or a model folder")
 

@@ -31,6 +31,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("consolidate")
+def _consolidate(args: argparse.Namespace) -> int:
+    from mmembed.train.consolidate import consolidate
+
+    out = consolidate(Path(args.checkpoint), Path(args.out) if args.out else None)
+    print(f"consolidated model folder: {out}")
+    return 0
+
+
 @command("eval")
 def _eval(args: argparse.Namespace) -> int:
     from mmembed.eval import run_eval_command
@@ -39,7 +48,7 @@ def _eval(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.checkpoint), task=args.task, data=args.data,
         classnames=Path(args.classnames) if args.classnames else None, templates=args.templates,
         modality=args.modality, pair=args.pair, plot_dir=Path(args.plot) if args.plot else None,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, label_key=args.label_key,
     )
     return 0
 
@@ -84,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an output_dir that holds another run: deletes its checkpoints and logs")
 
+    cons = sub.add_parser("consolidate", help="the full model folder (for eval/export) of a sharded FSDP checkpoint",
+                          description="Stitch a sharded (FSDP) checkpoint's shards into a model folder "
+                                      "(model.safetensors + config.yaml), which eval and export load. By default "
+                                      "it goes into the checkpoint as model/, with its checksums recorded.")
+    cons.add_argument("checkpoint", help="run dir (its latest checkpoint) or checkpoint dir")
+    cons.add_argument("--out", help="write a standalone model folder here instead")
+
     ev = sub.add_parser("eval", help="zero-shot classification or retrieval of a checkpoint",
                         description="Zero-shot classification or retrieval of a checkpoint on the given shards. "
                                     "Zero-shot prompts default to OpenAI's 80 ImageNet templates ('openai'), "
@@ -99,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint recipe's zero-shot task for --modality), a file with one template per line, "
                          "or one '...{}...'")
     ev.add_argument("--modality", default="image", help="zero-shot: modality to classify")
-    ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b'")
+    ev.add_argument("--pair", default="image,text", help="retrieval: 'a,b' (any two modalities, trained together "
+                                                         "or not: an untrained pair measures binding)")
+    ev.add_argument("--label-key", help="retrieval: integer sample key (e.g. cls_scene) whose equal values also "
+                                        "count as matches: adds label_R@k")
     ev.add_argument("--plot", help="folder for PNG plots")
     ev.add_argument("--batch-size", type=int, default=128)
 

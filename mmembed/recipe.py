@@ -17,6 +17,7 @@ from typing import Any
 
 from mmembed.config import ExperimentConfig
 from mmembed.config import load_recipe as load_schema
+from mmembed.config.sources import check_sources, source_name
 from mmembed.config.validate import ConfigError
 from mmembed.data.sources import expand_urls, source_num_samples
 from mmembed.heads import HEADS
@@ -33,10 +34,29 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def complete_recipe(config: ExperimentConfig) -> ExperimentConfig:
     """A copy of `config` with derived loss args filled in and every component's args validated."""
     config = copy.deepcopy(config)
+    check_sources(config)
+    _check_source_sizes(config)
     for i, pair in enumerate(config.model.pairs):
         _fill_derived(config, pair.loss, pair.args, f"model.pairs[{i}].args")
     check_components(config)
     return config
+
+
+def _check_source_sizes(config: ExperimentConfig) -> None:
+    """With several sources, a per-sample state table is indexed by offset + idx, the offset being the sizes of
+    the sources before it (mmembed.data.mixing): every source's size must then be known."""
+    if len(config.data.train) < 2:
+        return
+    for i, pair in enumerate(config.model.pairs):
+        if pair.loss not in LOSSES or "num_samples" not in getattr(LOSSES.get(pair.loss).builder, "derived_args", ()):
+            continue
+        for j, source in enumerate(config.data.train):
+            try:
+                source_num_samples(source)
+            except (OSError, KeyError, ValueError) as err:
+                raise ConfigError(f"model.pairs[{i}] ({pair.loss}) keeps per-sample state indexed across sources, "
+                                  f"and the size of data.train[{j}] ('{source_name(source, j)}') is unknown ({err});"
+                                  f" set data.train[{j}].num_samples") from err
 
 
 def check_components(config: ExperimentConfig) -> None:

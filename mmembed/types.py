@@ -8,6 +8,7 @@ that only needs the type never imports a tower (or the optional libraries some t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,20 @@ TowerInput = torch.Tensor | dict[str, torch.Tensor]
 # to a fixed-shape tensor (or dict of tensors) that the default collate can stack. Classes, not lambdas, so
 # they pickle into DataLoader workers.
 Preprocessor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ReadsModality:
+    """The preprocessor of a model modality named other than its tower's kind, e.g. a second text tower
+    `chars` beside `text`: `reads` names the data modality whose sample member (and decoder) feeds it, so
+    both towers see the same caption."""
+
+    reads: str
+    preprocessor: Preprocessor
+
+    def __call__(self, value: Any) -> Any:
+        return self.preprocessor(value)
+
 
 # A batch as the data pipeline yields it: modality -> stacked inputs, plus `index`, `__key__`, ...
 Batch = dict[str, Any]

@@ -25,6 +25,7 @@ from test_data_support import (
 from data_tools.shard_writer import SizedShardWriter
 from mmembed.config.data import DataConfig, ShardSource
 from mmembed.data import build_eval_loader, build_train_loader, count_samples, expand_urls, source_num_samples
+from mmembed.types import ReadsModality
 
 
 def _numbers(batches: list[dict]) -> list[int]:
@@ -68,6 +69,22 @@ def test_only_requested_modalities_are_batched_and_index_defaults_to_minus_one(t
                                  extra_keys=())
     assert set(batch) == {"text", "index", "__key__", "__worker__", "__consumed__", "__skipped__"}
     assert batch["index"].tolist() == [-1, -1, -1]
+
+
+def _caption_length(text: str) -> torch.Tensor:
+    return torch.tensor(len(text))
+
+
+def test_a_second_text_modality_reads_the_same_caption(tmp_path):
+    """A preprocessor wrapped in ReadsModality("text", ...) (the model does this for a second text tower)
+    is fed the text member under its own batch key, beside the first text modality."""
+    shards = write_numbered_shards(tmp_path, "s", [3, 12], per_shard=8)
+    preprocessors = {"text": char_tokens, "chars": ReadsModality("text", _caption_length)}
+    (batch,) = build_eval_loader([shards.pattern], preprocessors, batch_size=8, extra_keys=())
+    assert [decode_tokens(row) for row in batch["text"]] == ["caption 3", "caption 12"]
+    assert batch["chars"].tolist() == [len("caption 3"), len("caption 12")]
+    with pytest.raises(ValueError, match=r"no decoder for modalities \['chars'\]"):
+        build_eval_loader([shards.pattern], {"chars": ReadsModality("smell", _caption_length)}, batch_size=8)
 
 
 def _two_sources(tmp_path) -> tuple[str, str]:
@@ -178,9 +195,11 @@ def test_configuration_errors_name_the_problem(tmp_path):
     few = _train_cfg([ShardSource(urls=[a])], resampled=False, num_workers=2)
     with pytest.raises(ValueError, match=r"world_size x num_workers = 2 x 2 = 4 shards.*only 3"):
         build_train_loader(few, PLAIN, batch_size=2, seed=0, rank=0, world_size=2)
-    weighted = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=[b])], resampled=False)
-    with pytest.raises(ValueError, match="resampled: true"):
-        build_train_loader(weighted, PLAIN, batch_size=2, seed=0)
+    # Several sources in epoch mode: each source needs its own shard per worker, and the error names it.
+    two = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=expand_urls(b)[:1], name="bee")],
+                     resampled=False, num_workers=2)
+    with pytest.raises(ValueError, match=r"data\.train\[1\] \('bee'\).*only 1"):
+        build_train_loader(two, PLAIN, batch_size=2, seed=0)
     with pytest.raises(ValueError, match=r"no decoder for modalities.*'video'"):
         build_eval_loader([a], {"video": char_tokens}, batch_size=2)
     with pytest.raises(ValueError, match="resume"):

@@ -26,10 +26,15 @@ class ZeroShotTask:
 
 @dataclass
 class RetrievalTask:
+    """Item i of modality a matches item i of modality b (Recall@k both ways)."""
+
     name: str = MISSING
     urls: list[str] = MISSING
     a: str = "image"
     b: str = "text"
+    # Optional integer sample key (e.g. a scene or class id): also report label_R@k, the fraction of queries
+    # with a candidate of their own label among the top k, for sets where many items show the same thing.
+    label_key: str | None = None
 
 
 @dataclass

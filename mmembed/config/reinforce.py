@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from mmembed.config.paths import PathsConfig
+
 # The RandAugment ops a record may name (mmembed.reinforced_format.augment implements each).
 DEFAULT_RANDAUG_OPS = [
     "Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize", "Contrast",
@@ -99,6 +101,7 @@ class ReinforceConfig:
     # Plain input shards (brace patterns allowed); one output shard is written per input shard.
     input: list[str] = MISSING
     output_dir: str = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)  # roots for interpolation (mmembed.config.paths)
     # "image" (image-text teachers) or "audio" (audio-text teachers).
     modality: str = "image"
     teachers: list[TeacherSpec] = field(default_factory=list)

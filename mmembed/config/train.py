@@ -50,16 +50,24 @@ class TrainConfig:
     keep_last: int = 2
     # "skip" drops the step; "abort" stops the run.
     on_nonfinite: str = "skip"
-    # DDP: needed when some trainable parameter gets no gradient in a step (e.g. a modality absent).
+    # Needed when some trainable parameter gets no gradient in a step: gradients are then averaged across ranks
+    # after backward, not by DDP's reducer. Multi-source runs whose sources lack a modality or pair turn it on.
     find_unused_parameters: bool = False
     # Audit trail: each rank appends the dataset indices of every batch to <run>/sample_ids/rank<r>.txt.
     log_sample_ids: bool = False
+    # "ddp": a full replica per process; "fsdp": FSDP2, parameters, gradients and AdamW state sharded over the
+    # processes (docs/scale.md); "auto": fsdp when the launch config asks for it (launch/fsdp_*.yaml), else ddp.
+    sharding: str = "auto"
+    # FSDP: free each unit's gathered parameters after its forward and gather them again for backward (less
+    # memory); false keeps them until backward (one all-gather fewer per unit, ZeRO-2-like memory).
+    reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads an unquoted `precision: no` as false; accept it, and "fp32", as full precision.
         if self.precision in ("False", "false", "fp32"):
             self.precision = "no"
-        choices = {"precision": ("no", "bf16", "fp16"), "on_nonfinite": ("skip", "abort")}
+        choices = {"precision": ("no", "bf16", "fp16"), "on_nonfinite": ("skip", "abort"),
+                   "sharding": ("auto", "ddp", "fsdp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -13,12 +13,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import default_collate
-from tqdm import tqdm
 
 from mmembed.data.decode import DecodeError
 from mmembed.embed.sources import Item, Part, resolve_parts
 from mmembed.embed.store import EmbeddingStore
 from mmembed.export.loader import OnnxTower, load_tower, read_export_config
+from mmembed.progress import Progress, progress
 from mmembed.types import Preprocessor
 
 log = logging.getLogger("mmembed.embed")
@@ -105,7 +105,7 @@ class PartResult:
     about: list[dict[str, str]]
 
 
-def embed_part(part: Part, encoder: Encoder, batch_size: int, bar: tqdm) -> PartResult:
+def embed_part(part: Part, encoder: Encoder, batch_size: int, bar: Progress) -> PartResult:
     result = PartResult([], np.zeros((0, encoder.embed_dim), np.float32), [], [])
     chunks = [result.embeddings]
     for items, batch in _batches(part.items(), encoder.preprocess, batch_size, result.errors):
@@ -135,7 +135,7 @@ def embed(export_dir: str | Path, inputs: list[str], out: str | Path, *, modalit
     encoder = open_encoder(root, modality, backend, device) if todo else None
     sizes = [p.size for p in todo]
     total = None if None in sizes else sum(s for s in sizes if s is not None)
-    with tqdm(total=total, desc=f"embed {modality}", unit="item") as bar:
+    with progress(total=total, desc=f"embed {modality}", unit="item") as bar:
         for part in todo:
             done = embed_part(part, encoder, batch_size, bar)
             store.write_part(part.name, done.ids, done.embeddings, done.errors, done.about)

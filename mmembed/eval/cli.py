@@ -49,6 +49,8 @@ class EvalRequest:
     batch_size: int
     # The checkpoint recipe's zero-shot tasks (for `--templates recipe` and the note above the table).
     recipe_zeroshot: list[ZeroShotTask] = field(default_factory=list)
+    # Retrieval: an integer sample key whose equal values also count as matches (label_R@k).
+    label_key: str | None = None
 
     @property
     def task_name(self) -> str:
@@ -127,8 +129,19 @@ def _retrieval_config(request: EvalRequest) -> EvalConfig:
     if len(parts) != 2 or not all(parts):
         raise UsageError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
                          f"got {request.pair!r}")
-    task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1])
+    task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1],
+                         label_key=request.label_key)
     return EvalConfig(batch_size=request.batch_size, retrieval=[task])
+
+
+def untrained_pair_note(request: EvalRequest, trained: list[tuple[str, str]]) -> str:
+    """A line saying when a retrieval pair was never trained (binding through other pairs), else ''."""
+    a, b = (p.strip() for p in request.pair.split(","))
+    if any({a, b} == {x, y} for x, y in trained):
+        return ""
+    pairs = ", ".join(f"{x}-{y}" for x, y in trained) or "none"
+    return (f"{a}-{b} was never a trained pair of this model (its pairs: {pairs}): this retrieval measures the "
+            "binding of the two modalities through the pairs it did train")
 
 
 TASK_CONFIGS: dict[str, Callable[[EvalRequest], EvalConfig]] = {
@@ -197,6 +210,7 @@ def run_eval_command(
     device: torch.device | str | None = None,
     progress: bool = True,
     loader_factory: LoaderFactory | None = None,
+    label_key: str | None = None,
 ) -> dict[str, float]:
     """Load the model in `checkpoint_dir`, run one zero-shot or retrieval task, print and return metrics."""
     from mmembed.checkpoint import load_model, resolve_model_dir
@@ -207,7 +221,7 @@ def run_eval_command(
         raise UsageError("no eval data given: pass shard urls")
     model, config = load_model(checkpoint_dir)
     request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size,
-                          list(config.eval.zeroshot))
+                          list(config.eval.zeroshot), label_key)
     eval_cfg = TASK_CONFIGS[task](request)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -215,9 +229,13 @@ def run_eval_command(
     metrics = {name: value for result in results for name, value in result.metrics.items()}
     if task == "zeroshot":
         print(templates_note(request))
+    if task == "retrieval" and (note := untrained_pair_note(request, [(p.a, p.b) for p in config.model.pairs])):
+        print(note)
     print(format_table(metrics))
     for result in results:
         print(result.counts())
+        if result.chance_line():
+            print(result.chance_line())
     if plot_dir is not None:
         for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
             print(f"wrote {path}")

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
-from tqdm import tqdm
 
 from mmembed.device import to_device
+from mmembed.progress import progress_iter
 from mmembed.types import Preprocessor, TowerInput
 
 
@@ -87,7 +87,7 @@ def iterate_embeddings(
 
     The caller is responsible for inference mode (see `inference_mode`); this only moves and encodes.
     """
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch in progress_iter(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         missing = [m for m in modalities if m not in batch]
         if missing:
             raise KeyError(f"eval batch has no {missing} entries (batch keys: {', '.join(sorted(batch))})")

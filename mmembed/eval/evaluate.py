@@ -1,7 +1,7 @@
 """Run the zero-shot and retrieval tasks of an EvalConfig and name their metrics.
 
 Metric names: `zeroshot/<task>/{top1,top5,mean_per_class_recall}` and
-`retrieval/<task>/<a>_to_<b>_R@<k>` (both directions).
+`retrieval/<task>/<a>_to_<b>_R@<k>` (both directions; with a task's `label_key` also `..._label_R@<k>`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ import torch
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
 from mmembed.errors import DataError, MissingFileError, UnknownNameError, UsageError
 from mmembed.eval.embed import EncodesModalities, inference_mode, iterate_embeddings
-from mmembed.eval.retrieval import retrieval_metrics
+from mmembed.eval.retrieval import label_chance, label_retrieval_metrics, retrieval_metrics
 from mmembed.eval.templates import resolve_templates
 from mmembed.eval.zeroshot import build_zero_shot_classifier, run_zero_shot
 from mmembed.types import Preprocessor
@@ -55,6 +55,14 @@ class TaskResult:
     samples: int = 0
     skipped: int | None = None
     unreadable_shards: int = 0
+    # Retrieval: each recall's value under a random ranking ("R@5", "label_R@5"), printed beside the results.
+    chance: dict[str, float] = field(default_factory=dict)
+
+    def chance_line(self) -> str:
+        """'<kind>/<name> chance: R@1 0.0031, ...' (empty when the task has no chance levels)."""
+        if not self.chance:
+            return ""
+        return f"{self.kind}/{self.name} chance: " + ", ".join(f"{k} {v:.4f}" for k, v in self.chance.items())
 
     def counts(self) -> str:
         """'<kind>/<name>: N samples used, M skipped' (plus unreadable shard parts, whose samples are lost)."""
@@ -132,22 +140,33 @@ def run_retrieval_task(
     start = time.perf_counter()
     if task.a == task.b:
         raise UsageError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
+    extra = (task.label_key,) if task.label_key else ()
     loader = loader_factory(list(task.urls), _modality_preprocessors(model, [task.a, task.b]),
-                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=())
+                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=extra)
     chunks: dict[str, list[torch.Tensor]] = {task.a: [], task.b: []}
+    labels: list[torch.Tensor] = []
     with inference_mode(model):
-        for embeddings, _ in iterate_embeddings(model, loader, [task.a, task.b], device=device,
-                                                progress=progress, desc=f"retrieval/{task.name}"):
+        for embeddings, batch in iterate_embeddings(model, loader, [task.a, task.b], device=device,
+                                                    progress=progress, desc=f"retrieval/{task.name}"):
             for modality, emb in embeddings.items():
                 chunks[modality].append(emb)
+            if task.label_key:
+                labels.append(torch.as_tensor(batch[task.label_key]))
     if not chunks[task.a]:
         raise DataError(f"retrieval task '{task.name}' found no usable samples in {list(task.urls)}")
-    values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
-                               b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
+    a, b = torch.cat(chunks[task.a]), torch.cat(chunks[task.b])
+    common = {"a_name": task.a, "b_name": task.b, "ks": cfg.retrieval_ks, "chunk_size": cfg.retrieval_chunk_size}
+    values = retrieval_metrics(a, b, **common)
+    chance = {f"R@{k}": min(k, len(a)) / len(a) for k in cfg.retrieval_ks}
+    if labels:
+        label = torch.cat(labels)
+        values.update(label_retrieval_metrics(a, b, label, **common))
+        chance.update({f"label_R@{k}": label_chance(label, label, k) for k in cfg.retrieval_ks})
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
     skipped, shards = _skip_counts(loader)
     return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
-                      samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards)
+                      samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards,
+                      chance=chance)
 
 
 def run_tasks(

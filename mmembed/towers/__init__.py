@@ -17,6 +17,7 @@ BUILTIN_TOWERS: dict[str, tuple[str, str | None]] = {
     "audio_mel": ("mmembed.towers.audio_mel", None),
     "hf_text": ("mmembed.towers.hf_text", "hf"),
     "hf_audio": ("mmembed.towers.hf_audio", "hf"),
+    "byte_text": ("mmembed.towers.byte_text", None),
 }
 for _name, (_module, _extra) in BUILTIN_TOWERS.items():
     TOWERS.declare(_name, _module, extra=_extra)

@@ -27,6 +27,7 @@ from mmembed.towers.export_spec import (
     without,
 )
 from mmembed.towers.log_mel import LogMel, crop_or_pad
+from mmembed.towers.shard_spec import ShardSpec, timm_units
 from mmembed.towers.timm_common import (
     create_timm_backbone,
     pooled_dim,
@@ -83,6 +84,7 @@ class AudioMelTower(nn.Module):
     export_spec = ExportSpec(inputs=waveform_inputs, preprocess=waveform_preprocess,
                              portable_args=without("checkpoint_path", pretrained=False), onnx_twin=AudioMelTwin,
                              check_sizes=waveform_check_sizes, unsupported={"open_clip": NO_AUDIO_SLOT})
+    shard_spec = ShardSpec(units=lambda tower: timm_units(tower.backbone, "backbone."))
 
     def __init__(self, cfg: AudioMelConfig) -> None:
         super().__init__()

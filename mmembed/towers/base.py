@@ -9,6 +9,7 @@ from torch import nn
 
 from mmembed.registry import Registry
 from mmembed.towers.export_spec import ExportSpec
+from mmembed.towers.shard_spec import ShardSpec
 from mmembed.types import Preprocessor, TowerInput
 
 __all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "export_spec_of", "list_towers"]
@@ -26,6 +27,8 @@ class Tower(Protocol):
     output_dim: int
     # What exporting needs to know about this tower type (mmembed.towers.export_spec); a class attribute.
     export_spec: ExportSpec
+    # How FSDP splits this tower type into units (mmembed.towers.shard_spec); a class attribute.
+    shard_spec: ShardSpec
 
     def encode(self, inputs: TowerInput) -> torch.Tensor: ...
 

@@ -80,8 +80,16 @@ def _normalizer(clean: str) -> Any:
         steps += [normalizers.Replace("_", " "), normalizers.Replace(Regex(_ASCII_PUNCTUATION), "")]
     steps += [normalizers.Replace(Regex(_whitespace_class() + "+"), " "), normalizers.Strip()]
     if clean in ("lower", "canonicalize"):
-        steps += [normalizers.Replace(Regex(_FINAL_SIGMA), "ς"), normalizers.Lowercase()]
+        steps.append(python_lowercase())
     return normalizers.Sequence(steps)
+
+
+def python_lowercase() -> Any:
+    """Python's `str.lower()` as a normalizer: `Lowercase` maps characters one by one, so a word-final capital
+    sigma (which Python lowers to ς) is replaced first."""
+    from tokenizers import Regex, normalizers
+
+    return normalizers.Sequence([normalizers.Replace(Regex(_FINAL_SIGMA), "ς"), normalizers.Lowercase()])
 
 
 def clip_bpe_tokenizer(tokenizer: Any, context_length: int) -> Any:

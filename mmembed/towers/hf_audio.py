@@ -25,6 +25,7 @@ from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, enc
 from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.export_spec import NO_AUDIO_SLOT, ExportSpec, waveform_inputs, waveform_preprocess
 from mmembed.towers.hf_common import set_hf_grad_checkpointing
+from mmembed.towers.shard_spec import ShardSpec, hf_units
 
 # Extractors whose numpy code has an exact torch twin: extractor class -> (extractor, clips) -> kwargs.
 TorchFrontEnd = Callable[[Any, torch.Tensor], dict[str, torch.Tensor]]
@@ -114,6 +115,7 @@ class HFAudioTower(nn.Module):
     export_spec = ExportSpec(inputs=waveform_inputs, preprocess=waveform_preprocess, portable_args=_portable_args,
                              write_files=_write_files, local_args=_local_args,
                              unsupported={"onnx": _NO_ONNX, "open_clip": NO_AUDIO_SLOT})
+    shard_spec = ShardSpec(units=hf_units)
 
     def __init__(self, cfg: HFAudioConfig) -> None:
         super().__init__()

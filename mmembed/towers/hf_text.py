@@ -23,6 +23,7 @@ from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
 from mmembed.towers.hf_common import set_hf_grad_checkpointing
 from mmembed.towers.open_clip_slots import NotExpressibleError, OpenClipPart, PartOptions, module_state
+from mmembed.towers.shard_spec import ShardSpec, hf_units
 from mmembed.types import LinearMap
 
 
@@ -239,6 +240,7 @@ class HFTextTower(nn.Module):
         write_files=_write_files, local_args=_local_args,
         check_sizes=lambda t: [{"seq": 5}, {"seq": min(int(t.max_length), 24)}],
         open_clip=_open_clip_part, open_clip_slot="text", client_tokenizer=_client_tokenizer)
+    shard_spec = ShardSpec(units=hf_units)
 
     def __init__(self, cfg: HFTextConfig) -> None:
         super().__init__()

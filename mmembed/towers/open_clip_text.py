@@ -30,6 +30,7 @@ from mmembed.towers.open_clip_slots import (
     fold_matrix,
     module_state,
 )
+from mmembed.towers.shard_spec import ShardSpec, open_clip_units
 from mmembed.types import LinearMap
 
 
@@ -95,6 +96,7 @@ class OpenClipTextTower(nn.Module):
     export_spec = ExportSpec(inputs=_token_inputs, preprocess=_export_preprocess,
                              portable_args=without("pretrained"), open_clip=_open_clip_part, open_clip_slot="text",
                              client_tokenizer=_client_tokenizer)
+    shard_spec = ShardSpec(units=open_clip_units)
 
     def __init__(self, cfg: OpenClipTextConfig) -> None:
         super().__init__()

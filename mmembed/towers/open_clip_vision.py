@@ -28,6 +28,7 @@ from mmembed.towers.open_clip_slots import (
     module_state,
     preprocess_cfg,
 )
+from mmembed.towers.shard_spec import ShardSpec, open_clip_units
 from mmembed.types import LinearMap
 
 
@@ -73,6 +74,7 @@ class OpenClipVisionTower(nn.Module):
     export_spec = ExportSpec(inputs=image_inputs, preprocess=_export_preprocess,
                              portable_args=without("pretrained"), open_clip=_open_clip_part,
                              open_clip_slot="visual")
+    shard_spec = ShardSpec(units=open_clip_units)
 
     def __init__(self, cfg: OpenClipVisionConfig) -> None:
         super().__init__()

@@ -20,6 +20,7 @@ from mmembed.towers.open_clip_slots import (
     module_state,
     preprocess_cfg,
 )
+from mmembed.towers.shard_spec import ShardSpec, timm_units
 from mmembed.towers.timm_common import (
     create_timm_backbone,
     pooled_dim,
@@ -92,6 +93,7 @@ class TimmImageTower(nn.Module):
     export_spec = ExportSpec(inputs=image_inputs, preprocess=_export_preprocess,
                              portable_args=without("checkpoint_path", pretrained=False),
                              open_clip=_open_clip_part, open_clip_slot="visual")
+    shard_spec = ShardSpec(units=lambda tower: timm_units(tower.model, "model."))
 
     def __init__(self, cfg: TimmImageConfig) -> None:
         super().__init__()

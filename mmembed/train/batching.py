@@ -13,7 +13,8 @@ def merge_batches(batches: list[Any]) -> Any:
     if isinstance(first, torch.Tensor):
         return torch.cat(batches, dim=0) if first.ndim else first
     if isinstance(first, dict):
-        return {k: merge_batches([b[k] for b in batches]) for k in first}
+        # Batches of different sources hold different modalities: keep what every batch has.
+        return {k: merge_batches([b[k] for b in batches]) for k in first if all(k in b for b in batches)}
     if isinstance(first, list):
         return [item for b in batches for item in b]
     return first

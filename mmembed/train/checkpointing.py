@@ -4,9 +4,12 @@
         model/{model.safetensors,config.yaml}   the model (what eval/export load)
         objective.safetensors                   loss state: iSogCLR tables, TempNet weights
         optimizer.pt, scheduler.pt, scaler.pt   plain tensor/number containers, loaded weights_only=True
-        rank{r}.pt                              each rank's RNG states and data-stream position
+        rank{r}.pt                              each rank's RNG states and data-stream position(s)
         trainer.json                            step, world size, and the size + sha256 of every other file
     <run>/checkpoints/LATEST                    name of the newest complete checkpoint
+
+Under FSDP (train.sharding: fsdp) `model/` and `optimizer.pt` are replaced by each rank's shards
+(`shards/`, mmembed.train.sharded_checkpoint); the final checkpoint also gets the stitched `model/`.
 
 A checkpoint is written into a hidden temporary folder and renamed when complete, so a killed run never
 leaves a half-written checkpoint behind that `--resume latest` could pick up. Resuming verifies every file
@@ -31,12 +34,16 @@ from safetensors.torch import save_file
 
 from mmembed.checkpoint import (
     CHECKPOINT_META,
+    CONFIG_NAME,
+    SHARDS_DIR,
     WEIGHTS_NAME,
     atomic_write_text,
     read_checkpoint_meta,
     save_model_dir,
+    save_state_dir,
     state_to_safetensors,
 )
+from mmembed.config import recipe_to_yaml
 from mmembed.errors import CorruptFileError, MissingFileError, UserError, one_line
 from mmembed.integrity import (
     describe_files,
@@ -47,6 +54,7 @@ from mmembed.integrity import (
     verify_files,
 )
 from mmembed.train.resume_select import LATEST, resume_candidates, step_dirs
+from mmembed.train.sharded_checkpoint import ShardedLayout, consolidated_state, file_owner
 
 log = logging.getLogger("mmembed.train")
 # Version 2 adds the "files" checksum table and the data workers' count.
@@ -63,6 +71,10 @@ class ResumeState:
     num_workers: int | None = None
     # The checkpoint folder this state came from (None for a fresh run).
     path: Path | None = None
+    # Several data sources (mmembed.data.mixing): per source name, per worker, raw samples consumed, and the
+    # number of the next micro-batch. None: a single-stream run.
+    sources: dict[str, dict[int, int]] | None = None
+    next_batch: int = 0
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,31 +99,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check a checkpoint folder's files against its checksums; return its metadata (CorruptFileError if not)."""
+def verify_checkpoint(path: Path, rank: int | None = None) -> dict[str, Any]:
+    """Check a checkpoint folder's files against its checksums; return its metadata (CorruptFileError if not).
+
+    `rank`: only the files that rank reads (its shards and RNG state; rank 0 also everything shared)."""
     if not (path / CHECKPOINT_META).is_file():
         raise UserError(f"{path} is not a complete training checkpoint (no {CHECKPOINT_META}); pass a "
                         "checkpoints/step_* folder or --resume latest")
     meta = read_checkpoint_meta(path)
     if "files" in meta:
-        verify_files(path, meta["files"])
+        table = meta["files"]
+        if rank is not None:
+            table = {name: record for name, record in table.items() if file_owner(name) == rank}
+        verify_files(path, table)
     else:
         log.warning("%s has no checksums (written by an older mmembed): its files cannot be verified", path)
     return meta
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: Path, accelerator: Any, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, accelerator: Any, keep_last: int, sharded: ShardedLayout | None = None) -> None:
         self.root = Path(run_dir) / "checkpoints"
         self.accelerator = accelerator
         self.keep_last = keep_last
+        # FSDP: every rank writes and loads its own shards of the model and optimizer (None: DDP's full copies).
+        self.sharded = sharded
 
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
     # -- writing -------------------------------------------------------------------------------------
     def save(self, step: int, model: Any, config: Any, objective: Any, optimizer: Any, scheduler: Any,
-             data: ResumeState) -> Path:
+             data: ResumeState, consolidate: bool = False) -> Path:
+        """Write a checkpoint atomically. `consolidate`: a sharded checkpoint also gets the full `model/`."""
         name = f"step_{step:08d}"
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         acc = self.accelerator
@@ -119,25 +139,52 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        torch.save({"rng": rng_state(), "data_consumed": {str(k): v for k, v in data.data_consumed.items()},
-                    "next_worker": data.next_worker, "num_workers": data.num_workers},
-                   tmp / f"rank{acc.process_index}.pt")
+        rank_state = {"rng": rng_state(), "data_consumed": {str(k): v for k, v in data.data_consumed.items()},
+                      "next_worker": data.next_worker, "num_workers": data.num_workers}
+        if data.sources is not None:  # multi-source positions (docs/design.md, "Multi-source training")
+            rank_state["data_sources"] = {name: {str(w): n for w, n in counts.items()}
+                                          for name, counts in data.sources.items()}
+            rank_state["next_batch"] = data.next_batch
+        torch.save(rank_state, tmp / f"rank{acc.process_index}.pt")
+        own = [f"rank{acc.process_index}.pt"]
+        if self.sharded is not None:
+            own += self.sharded.write(tmp, acc.unwrap_model(model), optimizer, acc.process_index, acc.num_processes)
         if acc.is_main_process:
-            save_model_dir(tmp / "model", acc.unwrap_model(model), config)
+            if self.sharded is None:
+                save_model_dir(tmp / "model", acc.unwrap_model(model), config)
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            else:  # the recipe next to the model's shards, for `mmembed consolidate`
+                atomic_write_text(tmp / SHARDS_DIR / CONFIG_NAME, recipe_to_yaml(config))
             save_file(state_to_safetensors(objective), str(tmp / "objective.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:
                 torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+        described = self._gather_tables(describe_files(tmp, own))  # each rank hashes its own files
         self._barrier()  # every rank's file is on disk: the table below covers them all
         if acc.is_main_process:
-            self._commit(tmp, final, step)
+            if consolidate and self.sharded is not None:
+                save_state_dir(tmp / "model", consolidated_state(tmp, acc.num_processes), config)
+            self._commit(tmp, final, step, described)
         self._barrier()
         return final
 
-    def _commit(self, tmp: Path, final: Path, step: int) -> None:
+    def _gather_tables(self, table: dict[str, Any]) -> dict[str, Any]:
+        """Every rank's checksum table merged (on the main process; others get their own back)."""
+        if self.accelerator.num_processes == 1:
+            return table
+        from accelerate.utils import gather_object
+
+        merged: dict[str, Any] = {}
+        for part in gather_object([table]):
+            merged.update(part)
+        return merged
+
+    def _commit(self, tmp: Path, final: Path, step: int, described: dict[str, Any]) -> None:
+        rest = list_files(tmp, exclude=[CHECKPOINT_META, *described])
         meta = {"format": FORMAT_VERSION, "step": step, "world_size": self.accelerator.num_processes,
-                "files": describe_files(tmp, list_files(tmp, exclude=[CHECKPOINT_META]))}
+                "files": dict(sorted({**described, **describe_files(tmp, rest)}.items()))}
+        if self.sharded is not None:
+            meta["layout"] = self.sharded.name
         (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         share_tree(tmp)
         if final.exists():  # a resumed run re-reaching a step it had saved before it was interrupted
@@ -167,10 +214,11 @@ class CheckpointManager:
         candidates = [Path(resume)] if explicit else resume_candidates(self.root)
         skipped: list[str] = []
         for path in candidates:
-            problem = self._agree(self._verify_on_main(path))
+            problem = self._agree(self._verify_own_files(path))
             state = None
             if problem is None:
                 self._check_world_size(path)
+                self._check_layout(path)
                 state, local = self._try_load(path, model, objective, optimizer, scheduler)
                 problem = self._agree(local)
             if problem is None and state is not None:
@@ -186,11 +234,10 @@ class CheckpointManager:
                             "older copy with --resume PATH, or start afresh with --overwrite")
         return None
 
-    def _verify_on_main(self, path: Path) -> str | None:
-        if not self.accelerator.is_main_process:
-            return None
+    def _verify_own_files(self, path: Path) -> str | None:
+        """Each rank checks the files it will read (its shards and RNG state; the main process the rest)."""
         try:
-            verify_checkpoint(path)
+            verify_checkpoint(path, rank=self.accelerator.process_index)
         except UserError as err:
             return one_line(err)
         return None
@@ -215,6 +262,17 @@ class CheckpointManager:
             raise UserError(f"checkpoint {path} was written by {written} processes; exact resume of the data "
                             f"stream needs the same number, got {self.accelerator.num_processes}")
 
+    def _check_layout(self, path: Path) -> None:
+        """Sharded and full checkpoints load differently; every rank reads the same metadata and stops together."""
+        layout = read_checkpoint_meta(path).get("layout")
+        mine = None if self.sharded is None else self.sharded.name
+        if layout != mine:
+            written = "sharded (train.sharding: fsdp)" if layout else "a full copy (train.sharding: ddp)"
+            this = "fsdp" if mine else "ddp"
+            raise UserError(f"checkpoint {path} holds {written}, this run uses train.sharding: {this}; resume with "
+                            "the sharding that wrote it (a sharded checkpoint's model can be taken out with "
+                            "`mmembed consolidate`)")
+
     def _try_load(self, path: Path, model: Any, objective: Any, optimizer: Any,
                   scheduler: Any) -> tuple[ResumeState | None, str | None]:
         """Load into the objects; (state, None), or (None, the problem) for a damaged or non-finite file."""
@@ -226,9 +284,12 @@ class CheckpointManager:
     def _load(self, path: Path, model: Any, objective: Any, optimizer: Any, scheduler: Any) -> ResumeState:
         acc = self.accelerator
         meta = read_checkpoint_meta(path)
-        acc.unwrap_model(model).load_state_dict(load_safetensors_checked(path / "model" / WEIGHTS_NAME))
+        if self.sharded is not None:
+            self.sharded.load(path, acc.unwrap_model(model), optimizer, acc.process_index, acc.num_processes)
+        else:
+            acc.unwrap_model(model).load_state_dict(load_safetensors_checked(path / "model" / WEIGHTS_NAME))
+            optimizer.load_state_dict(load_torch_checked(path / "optimizer.pt"))
         objective.load_state_dict(load_safetensors_checked(path / "objective.safetensors"))
-        optimizer.load_state_dict(load_torch_checked(path / "optimizer.pt"))
         scheduler.load_state_dict(load_torch_checked(path / "scheduler.pt"))
         if acc.scaler is not None and (path / "scaler.pt").is_file():
             acc.scaler.load_state_dict(load_torch_checked(path / "scaler.pt"))
@@ -236,5 +297,9 @@ class CheckpointManager:
         set_rng_state(rank_state["rng"])
         consumed = {int(k): int(v) for k, v in rank_state["data_consumed"].items()}
         workers = rank_state.get("num_workers")
+        sources = rank_state.get("data_sources")
+        if sources is not None:
+            sources = {str(name): {int(w): int(n) for w, n in counts.items()} for name, counts in sources.items()}
         return ResumeState(int(meta["step"]), consumed, int(rank_state["next_worker"]),
-                           None if workers is None else int(workers), path)
+                           None if workers is None else int(workers), path, sources,
+                           int(rank_state.get("next_batch", 0)))

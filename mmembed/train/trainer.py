@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from tqdm.auto import tqdm
 
 from mmembed.collective import agree_on_failure
 from mmembed.config import ExperimentConfig, recipe_to_yaml
@@ -22,6 +22,7 @@ from mmembed.data.synthetic import build_synthetic_loader
 from mmembed.device import to_device
 from mmembed.errors import UserError
 from mmembed.model import build_model, pair_key
+from mmembed.progress import progress, progress_write
 from mmembed.recipe import complete_recipe
 from mmembed.train.batching import batch_size_of
 from mmembed.train.checkpointing import CheckpointManager, ResumeState
@@ -30,6 +31,19 @@ from mmembed.train.metrics_log import MetricsLog
 from mmembed.train.objective import Objective
 from mmembed.train.optim import build_optimizer, build_scheduler, param_groups
 from mmembed.train.run_folder import check_run_folder, clear_run_folder
+from mmembed.train.sharded_checkpoint import ShardedLayout
+from mmembed.train.sharding import (
+    ShardReport,
+    accelerate_unaware_of_fsdp,
+    clip_grad_norm_,
+    ensure_process_group,
+    memory_line,
+    replicated_trainable,
+    resolve_sharding,
+    shard_model,
+    split_sharded_groups,
+)
+from mmembed.train.sources import SourceBook
 from mmembed.train.step import StepOutput, accumulated_step, average_gradients, plain_step
 from mmembed.train.throughput import Throughput
 
@@ -53,26 +67,43 @@ class Trainer:
         self.config = config = complete_recipe(config)
         self.run_dir = Path(config.output_dir)
         tc = config.train
-        self.accelerator = Accelerator(
-            # Without an accelerator, cpu=True lets torchrun-launched processes form a gloo group.
-            cpu=not torch.accelerator.is_available(),
-            mixed_precision=tc.precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.find_unused_parameters)],
-        )
+        self.sharded = resolve_sharding(tc.sharding) == "fsdp"
+        with accelerate_unaware_of_fsdp():  # mmembed shards the model itself (docs/design.md)
+            self.accelerator = Accelerator(
+                # Without an accelerator, cpu=True lets torchrun-launched processes form a gloo group.
+                cpu=not torch.accelerator.is_available(),
+                mixed_precision=tc.precision,
+                # train.find_unused_parameters is served by averaging gradients after backward (manual_sync below):
+                # DDP's own option fails on the logit scales, which the objective uses outside the model's forward.
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            )
         self._claim_run_folder(resume, overwrite)
         set_seed(config.seed, device_specific=True)
-        self.model = build_model(config.model)
-        if tc.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = Objective(config.model.pairs).to(self.accelerator.device)
+        # Several data sources: one per micro-batch, each training its own pairs (mmembed.train.sources).
+        self.sources = (SourceBook(config, self.accelerator.num_processes)
+                        if len(config.data.train) > 1 and not config.data.synthetic_image_size else None)
+        self.model, self.objective = self._build_model_and_objective()
+        # Steps that may leave parameters without gradient average gradients after backward (mmembed.train.step).
+        # Not under FSDP: every rank takes the same source, so all skip the same towers' reduce-scatters, and the
+        # trainer averages the replicated parameters after every step.
+        self.manual_sync = not self.sharded and (tc.find_unused_parameters
+                                                 or bool(self.sources and self.sources.manual_sync))
         self._freeze_unused_pair_scales()
+        report = self._shard() if self.sharded else None
         groups = param_groups(self._named_trainable(), self._no_decay(), config.optim)
+        if self.sharded:
+            groups = split_sharded_groups(groups)
         optimizer = build_optimizer(groups, config.optim)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.steps)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
-        if tc.compile:
-            self.model = torch.compile(self.model)
-        self.checkpoints = CheckpointManager(self.run_dir, self.accelerator, tc.keep_last)
+        if self.sharded:  # not prepared: accelerate would wrap the sharded model in DDP as well
+            self.optimizer = optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+            if tc.compile:
+                self.model = torch.compile(self.model)
+        log.info(memory_line([p for _, p in self._named_trainable()], self.sharded, report))
+        layout = ShardedLayout({id(p): n for n, p in self._named_trainable()}) if self.sharded else None
+        self.checkpoints = CheckpointManager(self.run_dir, self.accelerator, tc.keep_last, layout)
         self.state = self._maybe_resume(resume)
         self.metrics: MetricsLog | None = None  # opened by fit(): nothing is written before training starts
         self.data_consumed: dict[int, int] = dict(self.state.data_consumed)
@@ -80,6 +111,15 @@ class Trainer:
         self.data_skipped: dict[int, int] = {}
         self.batch_keys: list[str] = []
         self.step_lr = 0.0
+        self.micro_sources: list[int] = []
+        if self.sources is not None:
+            self.sources.restore(self.state.sources, self.state.next_batch, self.state.step)
+            self.sources.set_device(self.accelerator.device)
+            log.info("%s", self.sources.describe(self.accelerator.num_processes, self.sharded))
+        elif self.state.sources is not None:
+            raise UserError(f"the checkpoint at step {self.state.step} was written for data sources "
+                            f"{sorted(self.state.sources)}, this run reads one: an exact resume needs the same "
+                            "data.train sources")
 
     # -- setup helpers -------------------------------------------------------------------------------
     def _claim_run_folder(self, resume: str | None, overwrite: bool) -> None:
@@ -90,6 +130,35 @@ class Trainer:
             log.warning("--overwrite: deleting the previous run's checkpoints and logs in %s", self.run_dir)
             clear_run_folder(self.run_dir)
         self.accelerator.wait_for_everyone()
+
+    def _build_model_and_objective(self) -> tuple[Any, Objective]:
+        """The same initial weights on every rank: FSDP keeps each rank's rows of them (DDP would broadcast rank
+        0's), and the objective's own parameters (TempNet's nets) are outside any wrapper that would."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            model = build_model(self.config.model)
+            objective = Objective(self.config.model.pairs, self.sources and self.sources.source_pairs)
+        if self.config.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, objective.to(self.accelerator.device)
+
+    def _shard(self) -> ShardReport:
+        tc, device = self.config.train, self.accelerator.device
+        ensure_process_group(device)
+        return shard_model(self.model, device, precision=tc.precision, reshard_after_forward=tc.reshard_after_forward,
+                           compile_blocks=tc.compile)
+
+    def _replicated_trainable(self) -> list[torch.nn.Parameter]:
+        """Parameters whose gradients no wrapper averages: the objective's, and under FSDP the logit scales."""
+        own = [p for p in self.objective.parameters() if p.requires_grad]
+        return own + (replicated_trainable(self.model.parameters()) if self.sharded else [])
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        params = [p for _, p in self._named_trainable()]
+        if self.sharded:
+            clip_grad_norm_(params, max_norm)
+        else:
+            self.accelerator.clip_grad_norm_(params, max_norm)
 
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [*self.model.named_parameters(), *(
@@ -137,6 +206,8 @@ class Trainer:
             return iter(build_synthetic_loader(preprocessors, batch_size=data.batch_size,
                                                image_size=data.synthetic_image_size, num_workers=data.num_workers))
         resume = {"consumed": self.data_consumed, "next_worker": self.next_worker} if self.data_consumed else None
+        if self.sources is not None:
+            resume = self.sources.resume_point()
         loader = build_train_loader(
             data, preprocessors, batch_size=data.batch_size, seed=self.config.seed, rank=acc.process_index,
             world_size=acc.num_processes, resume=resume,
@@ -152,8 +223,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(recipe_to_yaml(self.config))
         self.metrics = MetricsLog(self.run_dir, acc.is_main_process)
         timer = Throughput()
-        bar = tqdm(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = progress(total=tc.steps, initial=self.state.step, disable=not acc.is_main_process,
+                       desc="train", unit="step")
         step = self.state.step
         try:
             while step < tc.steps:
@@ -169,6 +240,7 @@ class Trainer:
 
     def _next_micro_batches(self, batches: Iterator[dict[str, Any]], timer: Throughput) -> list[dict]:
         micro, failure = [], None
+        self.micro_sources = []
         for _ in range(self.config.train.accum_freq):
             start = time.perf_counter()
             try:
@@ -188,6 +260,9 @@ class Trainer:
 
     def _track_data_position(self, batch: dict[str, Any]) -> None:
         """Remember, per loader worker, how many raw samples it consumed (and skipped as corrupt)."""
+        if self.sources is not None:  # per source and worker
+            self.micro_sources.append(self.sources.observe(batch))
+            return
         worker = int(batch.get("__worker__", 0))
         if "__consumed__" in batch:
             self.data_consumed[worker] = int(batch["__consumed__"])
@@ -206,19 +281,21 @@ class Trainer:
         acc, tc = self.accelerator, self.config.train
         self.model.train()
         if len(micro) == 1:
-            output = plain_step(acc, self.model, self.objective, micro[0], step)
+            output = plain_step(acc, self.model, self.objective, micro[0], step, manual_sync=self.manual_sync)
         else:
             output = accumulated_step(acc, self.model, self.objective, micro, step)
-        average_gradients([p for p in self.objective.parameters() if p.requires_grad])
+        average_gradients(self._replicated_trainable())
         # fp16's GradScaler already skips steps with inf/NaN gradients and lowers its scale; bypassing it
         # would freeze the scale and skip forever.
         if tc.precision == "fp16" or self._all_finite(output.loss):
             if self.config.optim.grad_clip:
-                acc.clip_grad_norm_([p for _, p in self._named_trainable()], self.config.optim.grad_clip)
+                self._clip_gradients(self.config.optim.grad_clip)
             self.optimizer.step()
         else:
             self._handle_nonfinite(step, output)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.sources is not None:
+            self.sources.add_step(self.micro_sources, output.pair_losses)
         self.step_lr = self._scheduled_lr()  # the rate this update used; scheduler.step() moves to the next
         self.scheduler.step()
         with torch.no_grad():
@@ -246,6 +323,9 @@ class Trainer:
         if step % tc.log_every == 0 or step == tc.steps:
             values = self._step_metrics(output, timer)
             self.metrics.log(step, values)
+            if self.sources is not None and self.accelerator.is_main_process:
+                for line in self.sources.log_lines(step, values):
+                    log.info("%s", line)
             bar.set_postfix(loss=f"{values['loss']:.4f}", sps=f"{values['samples_per_s']:.0f}")
             timer.reset()
         if tc.save_every and step % tc.save_every == 0 and step < tc.steps:
@@ -255,33 +335,43 @@ class Trainer:
 
     def _step_metrics(self, output: StepOutput, timer: Throughput) -> dict[str, float]:
         loss = self.accelerator.reduce(output.loss.detach().float(), "mean")
-        values = {"loss": float(loss.item()), "lr": self.step_lr,
-                  "data_skipped": float(sum(self.data_skipped.values()))}
+        skipped = self.sources.total_skipped if self.sources is not None else sum(self.data_skipped.values())
+        values = {"loss": float(loss.item()), "lr": self.step_lr, "data_skipped": float(skipped)}
         values.update({f"loss/{k}": float(v) for k, v in output.terms.items()})
         values.update(timer.summary())
         for pair in self.config.model.pairs:
             scale = self.unwrapped.logit_scale(pair.a, pair.b).detach()
             values[f"logit_scale/{pair_key(pair.a, pair.b)}"] = float(scale)
         values.update(self.objective.metrics())
+        if self.sources is not None:
+            values.update(self.sources.metrics(lambda t: self.accelerator.reduce(t, "mean")))
         return values
 
-    def _save(self, step: int) -> None:
-        self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler,
-                              ResumeState(step, self.data_consumed, self.next_worker, self.config.data.num_workers))
+    def _save(self, step: int, final: bool = False) -> None:
+        data = ResumeState(step, self.data_consumed, self.next_worker, self.config.data.num_workers)
+        if self.sources is not None:
+            data.sources, data.next_batch = self.sources.consumed, self.sources.next_batch
+        self.checkpoints.save(step, self.model, self.config, self.objective, self.optimizer, self.scheduler, data,
+                              consolidate=final)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
-        if self.accelerator.is_main_process and (self.config.eval.zeroshot or self.config.eval.retrieval):
+        acc = self.accelerator
+        # A sharded model's forward is a collective: every rank evaluates the same data, the main one reports.
+        if (acc.is_main_process or self.sharded) and (self.config.eval.zeroshot or self.config.eval.retrieval):
             from mmembed.eval import evaluate, format_table
 
-            results = evaluate(self.unwrapped, self.config.eval, device=self.accelerator.device)
-            self.metrics.log(step, {f"eval/{k}": v for k, v in results.items()})
-            tqdm.write(f"evaluation at step {step}:\n{format_table(results)}")
-        self.accelerator.wait_for_everyone()
+            # Under FSDP with bf16, blocks hold bf16 weights: autocast casts each op, as open_clip's eval does.
+            with acc.autocast() if self.sharded else nullcontext():
+                results = evaluate(self.unwrapped, self.config.eval, device=acc.device)
+            if acc.is_main_process:
+                self.metrics.log(step, {f"eval/{k}": v for k, v in results.items()})
+                progress_write(f"evaluation at step {step}:\n{format_table(results)}")
+        acc.wait_for_everyone()
         return results
 
     def _finish(self, step: int) -> dict[str, float]:
-        self._save(step)
+        self._save(step, final=True)
         results = self._evaluate(step)
         if self.accelerator.is_main_process:
             import json
