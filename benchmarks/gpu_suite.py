@@ -13,7 +13,8 @@ Rows (benchmarks/suite_rows.py), each measured in its own processes and each all
 - loss: tiled InfoNCE vs open_clip's ClipLoss at B = 32k and 64k, one forward+backward in fresh processes
   (benchmarks/loss_memory.py): peak memory (target <= 1/20) and median time (target <= 1.3x).
 - demo: `launch/train.sh recipes/demo.yaml` (1 process) and the trainer's logged data-wait fraction (< 5%).
-- fsdp2: an FSDP2 1-process smoke run: a slot that reports "not yet wired" until FSDP2 is merged.
+- fsdp2: `SHARDING=fsdp launch/train.sh recipes/demo.yaml`, 1 process: FSDP2 sharding reported, finite losses,
+  sharded checkpoint and consolidated model written; its samples/s for the record.
 
 Prints one table and writes it, with the machine and settings, as JSON (--out). Exits 1 if a row failed.
 """

@@ -8,6 +8,7 @@ run. Sizes come from `full_sizes` (one GPU: ViT-B/32, B up to what fits, loss at
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -26,7 +27,6 @@ from train_step import BenchFailed, Intervals
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-NOT_WIRED = "not yet wired"
 
 # The --tiny model: an open_clip config small enough for a CPU step in milliseconds.
 TINY_MODEL = {"embed_dim": 64,
@@ -43,7 +43,7 @@ class Row:
     unit: str = ""
     target: str = ""
     met: bool | None = None  # None: no target, or tiny sizes (the targets are for the GPU sizes)
-    status: str = "ok"  # ok | error | skipped | not yet wired
+    status: str = "ok"  # ok | error | skipped
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -266,13 +266,21 @@ def loss_pair_rows(suite: Suite, batch: int, dense: loss_memory.Result, tiled: l
 
 
 # -- the demo recipe through launch/train.sh ------------------------------------------------------------------
-def demo_rows(suite: Suite) -> list[Row]:
-    cwd = suite.work / "demo"
+@dataclass
+class DemoRun:
+    run_dir: Path
+    intervals: list[dict[str, Any]]  # the logged intervals with a data-wait fraction, in order
+    log: str  # the run's stdout + stderr
+
+
+def launch_demo(suite: Suite, label: str, extra_env: dict[str, str]) -> DemoRun:
+    """`launch/train.sh recipes/demo.yaml` with NPROC=1 on demo data generated into the suite's scratch folder."""
+    cwd = suite.work / label
     data = cwd / "data" / "demo"  # the recipe's relative paths resolve from cwd
     train_step.run([sys.executable, "-m", "data_tools.make_demo_data", "--out", str(data),
                     *suite.sizes.demo_data_args], REPO, suite.timeout())
     run_dir = cwd / "runs" / "demo"
-    env = {**os.environ, "NPROC": "1", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "NPROC": "1", "PYTHONUNBUFFERED": "1", **extra_env,
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
            "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
     if suite.device == "cpu":
@@ -289,27 +297,48 @@ def demo_rows(suite: Suite) -> list[Row]:
     intervals = [line for line in logged if "data_wait_fraction" in line]
     if len(intervals) < 2:
         raise BenchFailed(f"the demo run logged {len(intervals)} intervals; need 2")
-    steady = [line["data_wait_fraction"] for line in intervals[1:]]  # the first holds worker start-up
+    return DemoRun(run_dir, intervals, proc.stdout + proc.stderr)
+
+
+def demo_rows(suite: Suite) -> list[Row]:
+    run = launch_demo(suite, "demo", {})
+    steady = [line["data_wait_fraction"] for line in run.intervals[1:]]  # the first holds worker start-up
     fraction = statistics.median(steady)
-    rate = statistics.median(line["samples_per_s"] for line in intervals[1:])
-    note = (f"median of {len(steady)} intervals after the first ({intervals[0]['data_wait_fraction']:.0%}: "
+    rate = statistics.median(line["samples_per_s"] for line in run.intervals[1:])
+    note = (f"median of {len(steady)} intervals after the first ({run.intervals[0]['data_wait_fraction']:.0%}: "
             f"worker start-up); {rate:.0f} samples/s; max {max(steady):.0%}")
     return [Row("demo_data_wait", "demo recipe via launch/train.sh (1 proc): data-wait fraction", fraction, "%",
                 "< 5%", tiny(suite, fraction < 0.05), note=note,
-                details={"intervals": intervals, "overrides": list(suite.sizes.demo_overrides)})]
+                details={"intervals": run.intervals, "overrides": list(suite.sizes.demo_overrides)})]
 
 
 # -- FSDP2 -----------------------------------------------------------------------------------------------------
 def fsdp2_smoke_rows(suite: Suite) -> list[Row]:
-    """FSDP2, one process: the slot the issue asks for, to be filled once the `fsdp` branch is merged.
+    """`SHARDING=fsdp launch/train.sh recipes/demo.yaml`, one process (launch/fsdp_node.yaml; gloo on a CPU).
 
-    Until then it reports NOT_WIRED (never a made-up result). Wiring it: run launch/train.sh on the demo recipe
-    as `demo_rows` does, with the FSDP2 launch config selected (launch/fsdp_node.yaml, NPROC=1), a few steps,
-    then return a Row("fsdp2_smoke", ...) with status "ok", its samples/s and peak memory, or raise on failure
-    (`Suite.guarded` makes that an error row). The CPU test (tests/test_gpu_suite.py) then checks it ran.
-    """
-    return [Row("fsdp2_smoke", "FSDP2 1-process smoke (demo recipe)", status=NOT_WIRED,
-                note="FSDP2 is built on another branch; this row is wired after it is merged")]
+    It passes when the trainer says it shards with FSDP2 (its start-up line), every logged loss is finite, and
+    the run's last checkpoint holds the rank's shard files and the consolidated model folder; the value is the
+    median samples/s after the first interval (a smoke test: no target, the speed is for the record)."""
+    run = launch_demo(suite, "fsdp2", {"SHARDING": "fsdp"})
+    banner = [line for line in run.log.splitlines() if "sharding: FSDP2 over 1 rank(s)" in line]
+    if not banner:
+        raise BenchFailed("the run did not report FSDP2 sharding (no 'sharding: FSDP2 over 1 rank(s)' line)")
+    losses = [line["loss"] for line in run.intervals]
+    if not all(math.isfinite(v) for v in losses):
+        raise BenchFailed(f"non-finite losses {losses}")
+    checkpoint = run.run_dir / "checkpoints" / (run.run_dir / "checkpoints" / "LATEST").read_text().strip()
+    needed = [checkpoint / "shards" / f"{kind}-rank0-of-1.safetensors" for kind in ("model", "optim")]
+    needed += [checkpoint / "model" / "model.safetensors", checkpoint / "model" / "config.yaml"]
+    missing = [str(p.relative_to(run.run_dir)) for p in needed if not p.is_file()]
+    if missing:
+        raise BenchFailed(f"the FSDP2 checkpoint lacks {', '.join(missing)}")
+    rate = statistics.median(line["samples_per_s"] for line in run.intervals[1:])
+    sharding = banner[0].split("sharding: ", 1)[1]
+    return [Row("fsdp2_smoke", "FSDP2 1-process smoke (demo recipe via launch/train.sh)", rate, "samples/s",
+                note=f"losses {losses[0]:.3f} -> {losses[-1]:.3f}; sharded checkpoint + consolidated model written; "
+                     f"{sharding[:160]}",
+                details={"sharding": sharding, "losses": losses, "intervals": run.intervals,
+                         "checkpoint": str(checkpoint.relative_to(run.run_dir))})]
 
 
 ROWS: dict[str, Callable[[Suite], list[Row]]] = {

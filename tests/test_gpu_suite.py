@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import suite_probe  # noqa: E402
 import train_step  # noqa: E402
-from suite_rows import NOT_WIRED, TINY_MODEL, TINY_MODEL_NAME  # noqa: E402
+from suite_rows import TINY_MODEL, TINY_MODEL_NAME  # noqa: E402
 
 
 def test_probe_doubles_until_a_batch_does_not_fit_or_the_cap() -> None:
@@ -84,9 +84,6 @@ def test_cpu_tiny_suite_writes_every_row(tmp_path: Path) -> None:
     assert sorted(rows) == sorted([*ROW_NAMES, *losses])
     for name, row in rows.items():
         assert row["label"] in proc.stdout  # the printed table has every row
-        if name == "fsdp2_smoke":
-            assert row["status"] == NOT_WIRED and row["value"] is None
-            continue
         assert row["status"] == "ok", row
         if name != "mfu":
             assert math.isfinite(row["value"]) and row["value"] > 0, row
@@ -97,4 +94,8 @@ def test_cpu_tiny_suite_writes_every_row(tmp_path: Path) -> None:
     train = rows["train_compile"]["details"]
     assert train["batch"] == 8 and train["probe"]["tried"] == {"4": "fits", "8": "fits"}
     assert 0 <= rows["demo_data_wait"]["value"] < 1
+    fsdp = rows["fsdp2_smoke"]["details"]  # the run really sharded, trained and wrote both checkpoint forms
+    assert fsdp["sharding"].startswith("FSDP2 over 1 rank(s)") and "image (OpenClipVisionTower)" in fsdp["sharding"]
+    assert len(fsdp["losses"]) == 3 and all(math.isfinite(v) for v in fsdp["losses"])
+    assert fsdp["checkpoint"] == "checkpoints/step_00000006"
     assert report["machine"]["device"] == "cpu" and report["mode"] == "tiny"
