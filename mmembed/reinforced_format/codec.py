@@ -35,6 +35,11 @@ class Codec:
     ident: int
     encode_payload: Callable[[np.ndarray, Sequence[int]], bytes]
     decode_payload: Callable[[bytes, tuple[int, ...]], np.ndarray]
+    # Payload bytes of a [rows, dim] array split into `groups` teachers.
+    payload_size: Callable[[int, int, int], int]
+    # (payload, shape, new columns, their widths) -> payload with those teachers appended, stored codes kept;
+    # None: decoding and re-encoding is exact (per-row codecs).
+    append_payload: Callable[[bytes, tuple[int, ...], np.ndarray, Sequence[int]], bytes] | None = None
 
 
 def _segments(groups: Sequence[int]) -> list[slice]:
@@ -68,22 +73,31 @@ def _int8_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _int8_size(rows: int, dim: int, groups: int) -> int:
+    return 2 + 4 * groups + 4 * rows * groups + rows * dim
+
+
 def _plain(dtype: type) -> tuple[Callable[[np.ndarray, Sequence[int]], bytes],
-                                 Callable[[bytes, tuple[int, ...]], np.ndarray]]:
+                                 Callable[[bytes, tuple[int, ...]], np.ndarray], Callable[[int, int, int], int]]:
     def encode(x: np.ndarray, groups: Sequence[int]) -> bytes:
         return np.ascontiguousarray(x, dtype=dtype).tobytes()
 
     def decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape))).reshape(shape).astype(np.float32)
 
-    return encode, decode
+    def size(rows: int, dim: int, groups: int) -> int:
+        return rows * dim * np.dtype(dtype).itemsize
+
+    return encode, decode, size
 
 
 CODECS: dict[str, Codec] = {
     "fp32": Codec("fp32", 0, *_plain(np.float32)),
     "fp16": Codec("fp16", 1, *_plain(np.float16)),
-    "int8": Codec("int8", 2, _int8_encode, _int8_decode),
-    "int8_residual": Codec("int8_residual", 3, residual_codec.encode, residual_codec.decode),
+    "int8": Codec("int8", 2, _int8_encode, _int8_decode, _int8_size),
+    # Its rows are coded jointly: appending copies the stored codes and codes only the new columns.
+    "int8_residual": Codec("int8_residual", 3, residual_codec.encode, residual_codec.decode,
+                           residual_codec.payload_size, residual_codec.append_groups),
 }
 _BY_ID = {codec.ident: codec for codec in CODECS.values()}
 
@@ -138,10 +152,9 @@ def append_teachers(data: bytes, extra: np.ndarray, groups: Sequence[int], what:
     codec, shape, payload = _parse(data, what)
     widths = list(groups)
     new_widths = widths[len(widths) - _count_new(widths, shape[-1], extra.shape[-1]):]
-    if codec.name == "int8_residual":  # its rows are coded jointly: copy the stored codes, code the new columns
-        merged = residual_codec.append_groups(payload, shape, np.asarray(extra, dtype=np.float32), new_widths)
-        new_shape = (*shape[:-1], shape[-1] + extra.shape[-1])
-        return _header(codec, new_shape) + merged
+    if codec.append_payload is not None:
+        merged = codec.append_payload(payload, shape, np.asarray(extra, dtype=np.float32), new_widths)
+        return _header(codec, (*shape[:-1], shape[-1] + extra.shape[-1])) + merged
     old, _ = decode_array(data, what)  # the per-row codecs re-encode the stored values exactly
     return encode_array(np.concatenate([old, extra], axis=-1), codec.name, widths)
 
@@ -156,9 +169,4 @@ def _count_new(widths: list[int], stored: int, added: int) -> int:
 
 def payload_bytes(rows: int, dim: int, codec: str, groups: int = 1) -> int:
     """Bytes of the encoded [rows, dim] array, header included (for the storage table in the docs)."""
-    header = _HEADER.size + 8  # rank 2: two uint32 dimensions
-    if get_codec(codec).name == "int8_residual":
-        return header + residual_codec.payload_size(rows, dim, groups)
-    per_value = {"fp32": 4, "fp16": 2, "int8": 1}[codec]
-    extra = 2 + 4 * groups + 4 * rows * groups if codec == "int8" else 0
-    return header + rows * dim * per_value + extra
+    return _HEADER.size + 8 + get_codec(codec).payload_size(rows, dim, groups)  # rank 2: two uint32 dimensions
