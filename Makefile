@@ -16,11 +16,15 @@ setup:
 	# apt-get exists (as root, e.g. CI); elsewhere the speech tests skip and say how to install it.
 	command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq espeak-ng); } || echo "espeak-ng not installed: speech tests will skip (apt-get install espeak-ng)"
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its
+# module fixtures are built once). Each worker gets an equal share of the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test:
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 lint:
 	$(BIN)/ruff check .

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker takes an equal share of the cores: N workers each running torch with
+    every core's worth of threads would oversubscribe the CPU (on 2 cores, 2 x 2 threads spin against each
+    other). Subprocesses the tests start (accelerate launch, exports) inherit the share."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        torch.set_num_threads(share)
 
 
 @pytest.fixture(scope="session")
