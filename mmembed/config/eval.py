@@ -20,6 +20,8 @@ class ZeroShotTask:
     # "openai" | "simple" | "audio", or an explicit list of templates with "{}" for the class name.
     templates: list[str] = field(default_factory=lambda: ["openai"])
     text_modality: str = "text"
+    # One line for the end-of-run summary, e.g. what the classes are and that training never saw them.
+    note: str = ""
 
 
 @dataclass
@@ -28,6 +30,7 @@ class RetrievalTask:
     urls: list[str] = MISSING
     a: str = "image"
     b: str = "text"
+    note: str = ""
 
 
 @dataclass
@@ -41,3 +44,6 @@ class EvalConfig:
     retrieval_chunk_size: int = 1024
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     retrieval: list[RetrievalTask] = field(default_factory=list)
+    # At the end of training: write <output_dir>/plots (training curves, a confusion matrix per zero-shot
+    # task) next to summary.txt. The summary itself is always printed and written.
+    plots: bool = True

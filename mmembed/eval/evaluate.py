@@ -47,6 +47,9 @@ class TaskResult:
     confusion: np.ndarray | None = None
     classnames: list[str] | None = None
     seconds: float = 0.0
+    # Samples evaluated (zero-shot) or pairs ranked (retrieval): what chance levels are computed from.
+    num_samples: int = 0
+    note: str = ""
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -95,7 +98,7 @@ def run_zero_shot_task(
                            device=device, progress=progress, desc=f"zeroshot/{task.name}")
     metrics = {f"zeroshot/{task.name}/{k}": v for k, v in result.metrics().items()}
     return TaskResult("zeroshot", task.name, metrics, result.confusion, classnames,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, result.num_samples, task.note)
 
 
 def run_retrieval_task(
@@ -123,7 +126,8 @@ def run_retrieval_task(
     values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
                                b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
-    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start)
+    return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
+                      num_samples=sum(len(c) for c in chunks[task.a]), note=task.note)
 
 
 def run_tasks(
@@ -148,6 +152,23 @@ def run_tasks(
     return results
 
 
+def evaluate_tasks(
+    model: EncodesModalities,
+    eval_cfg: EvalConfig,
+    *,
+    device: torch.device | str,
+    progress: bool = True,
+    loader_factory: LoaderFactory | None = None,
+) -> list[TaskResult]:
+    """Every configured task's result, in eval mode under no_grad; the model's modes are restored."""
+    with inference_mode(model):
+        return run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
+
+
+def merged_metrics(results: Iterable[TaskResult]) -> dict[str, float]:
+    return {name: value for result in results for name, value in result.metrics.items()}
+
+
 def evaluate(
     model: EncodesModalities,
     eval_cfg: EvalConfig,
@@ -157,9 +178,5 @@ def evaluate(
     loader_factory: LoaderFactory | None = None,
 ) -> dict[str, float]:
     """All metrics of all configured tasks, in eval mode under no_grad; the model's modes are restored."""
-    metrics: dict[str, float] = {}
-    with inference_mode(model):
-        for result in run_tasks(model, eval_cfg, device=device, progress=progress,
-                                loader_factory=loader_factory):
-            metrics.update(result.metrics)
-    return metrics
+    return merged_metrics(evaluate_tasks(model, eval_cfg, device=device, progress=progress,
+                                         loader_factory=loader_factory))

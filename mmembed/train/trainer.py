@@ -70,6 +70,8 @@ class Trainer:
         self.data_consumed: dict[int, int] = dict(self.state.data_consumed)
         self.next_worker = self.state.next_worker
         self.data_skipped: dict[int, int] = {}
+        # The latest evaluation's per-task results (mmembed.eval.TaskResult), for the end-of-run summary.
+        self.last_eval: list[Any] = []
 
     # -- setup helpers -------------------------------------------------------------------------------
     def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -227,10 +229,13 @@ class Trainer:
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
+        self.last_eval = []
         if self.accelerator.is_main_process and (self.config.eval.zeroshot or self.config.eval.retrieval):
-            from mmembed.eval import evaluate, format_table
+            from mmembed.eval import format_table
+            from mmembed.eval.evaluate import evaluate_tasks, merged_metrics
 
-            results = evaluate(self.unwrapped, self.config.eval, device=self.accelerator.device)
+            self.last_eval = evaluate_tasks(self.unwrapped, self.config.eval, device=self.accelerator.device)
+            results = merged_metrics(self.last_eval)
             self.metrics.log(step, {f"eval/{k}": v for k, v in results.items()})
             tqdm.write(f"evaluation at step {step}:\n{format_table(results)}")
         self.accelerator.wait_for_everyone()
@@ -245,4 +250,9 @@ class Trainer:
             clean = {k: v for k, v in results.items() if math.isfinite(v)}
             (self.run_dir / "final_metrics.json").write_text(json.dumps(clean, indent=2))
         self.metrics.close()
+        if self.accelerator.is_main_process:
+            from mmembed.eval.summary import write_run_report
+
+            tqdm.write(write_run_report(self.run_dir, self.last_eval, title=f"{self.config.name}: {step} steps",
+                                        plots=self.config.eval.plots))
         return results
