@@ -50,3 +50,8 @@ def test_report_is_written_next_to_the_run(tmp_path: Path) -> None:
     text = write_run_report(tmp_path, _results(), title="demo", plots=False)
     assert (tmp_path / "summary.txt").read_text() == text + "\n"
     assert not (tmp_path / "plots").exists()
+
+
+def test_a_plot_failure_does_not_fail_the_run(tmp_path: Path) -> None:
+    text = write_run_report(tmp_path, _results(), title="demo", plots=True)  # no checkpoint to read
+    assert "plots: not written (no model checkpoint" in text and (tmp_path / "summary.txt").is_file()

@@ -79,7 +79,10 @@ def write_run_report(run_dir: Path, results: list[TaskResult], *, title: str, pl
         from mmembed.checkpoint import resolve_model_dir
         from mmembed.eval.cli import write_plots
 
-        written = write_plots(results, resolve_model_dir(run_dir), run_dir / "plots")
-        text += "\nplots: " + ", ".join(str(p) for p in written)
+        try:
+            written = write_plots(results, resolve_model_dir(run_dir), run_dir / "plots")
+            text += "\nplots: " + ", ".join(str(p) for p in written)
+        except (OSError, ValueError) as err:  # a finished run keeps its checkpoint and numbers regardless
+            text += f"\nplots: not written ({err})"
     (run_dir / "summary.txt").write_text(text + "\n")
     return text
