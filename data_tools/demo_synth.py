@@ -40,7 +40,7 @@ RADIUS = {"small": (0.11, 0.125), "large": (0.17, 0.185)}  # fraction of the ima
 NOTE_SECONDS = {"small": (0.18, 0.22), "large": (0.36, 0.42)}
 CELL_CENTRE = {"left": 0.24, "centre": 0.5, "right": 0.76, "top": 0.24, "middle": 0.5, "bottom": 0.76}
 ONSET_SECONDS = {"left": (0.03, 0.08), "centre": (0.27, 0.32), "right": (0.51, 0.56)}
-OUTLINE = 0.035  # outline width, a fraction of the image side (about 1 px at 32 px)
+OUTLINE = 0.055  # outline width, a fraction of the image side (about 1.8 px at 32 px)
 SUPERSAMPLE = 4  # draw large, then downsample: anti-aliased edges at tiny image sizes
 
 
@@ -105,7 +105,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, attrs: Attributes, big: int, rng: np
     radius = big * rng.uniform(*RADIUS[attrs.size])
     cx = big * (CELL_CENTRE[attrs.column] + rng.uniform(-0.03, 0.03))
     cy = big * (CELL_CENTRE[attrs.row] + rng.uniform(-0.03, 0.03))
-    fill = tuple(int(np.clip(c + rng.integers(-18, 19), 0, 255)) for c in COLOURS[attrs.colour])
+    fill = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in COLOURS[attrs.colour])
     # A dark outline, as in a drawing: the shape's contour is then the same edge whatever its colour.
     dark = int(rng.integers(15, 45))
     _paint(draw, attrs.shape, cx, cy, radius, (dark, dark, dark), grow=OUTLINE * big)

@@ -3,15 +3,19 @@
     python -m data_tools.make_demo_data --out data/demo                       # scatter split, ~10 s
     python -m data_tools.make_demo_data --out data/demo_block --split block   # the harder block split
     python -m data_tools.make_demo_data --out data/demo_noisy --caption-noise 0.2   # 20 % wrong captions
+    python -m data_tools.make_demo_data --out data/demo_two --two-objects 0.5       # two-object scenes
 
 Layout: OUT/train/train-{000000..}.tar and OUT/val/val-{000000..}.tar (each with sizes.json),
-OUT/classnames.txt (the held-out combinations: the zero-shot classes), OUT/classnames_all.txt (all 24) and
+OUT/classnames.txt (the held-out combinations: the zero-shot classes), OUT/classnames_all.txt (all 30) and
 OUT/info.json (split, brace patterns, counts, noisy samples). Members: png, txt, flac, idx; val adds cls
 (index into classnames.txt) and cls_all (index into classnames_all.txt).
 
 Train never contains a held-out (colour, shape) pair and val contains only those (data_tools/demo_splits.py
 describes the two splits), so zero-shot accuracy on val measures compositional generalisation. Attributes
 are balanced: each combination gets an equal share of samples, cycling through sizes and grid cells.
+
+`--two-objects f` gives a fraction f of the training images a second object (two grid cells away, from the
+training combinations; the caption names both). Validation images always hold one object.
 
 `--caption-noise p` replaces the captions of round(p * train) training samples, chosen at random, by the
 caption of another random training sample (which may by chance describe the same combination; info.json
@@ -171,7 +175,7 @@ def _make_split(out: Path, name: str, split: Split, count: int, *, render: Rende
 def make_demo_data(out_dir: str | Path, *, split: str = "scatter", train_samples: int = 2400,
                    val_samples: int = 480, image_size: int = 32, sample_rate: int = 16000,
                    audio_seconds: float = 1.0, samples_per_shard: int = 300, caption_noise: float = 0.0,
-                   two_objects: float = 0.5, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                   two_objects: float = 0.0, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Write the demo set under `out_dir`; returns (and saves as info.json) its patterns, counts and paths."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-shard", type=int, default=300)
     parser.add_argument("--caption-noise", type=float, default=0.0,
                         help="fraction of training captions replaced by another sample's")
-    parser.add_argument("--two-objects", type=float, default=0.5,
+    parser.add_argument("--two-objects", type=float, default=0.0,
                         help="fraction of training images that get a second object")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

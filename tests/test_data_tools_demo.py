@@ -134,8 +134,9 @@ def _image_facts(png: bytes) -> tuple[str, float, float, float]:
     pixels = np.asarray(decode_image(png), dtype=np.float32)
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     mask = saturation > 0.5 * saturation.max()
-    mean = pixels[mask].mean(axis=0)
-    colour = min(COLOURS, key=lambda name: float(np.linalg.norm(mean - np.array(COLOURS[name]))))
+    # The fill's own colour: the median of the most saturated pixels (edges blend into the dark outline).
+    fill = np.median(pixels[saturation > 0.8 * saturation.max()], axis=0)
+    colour = min(COLOURS, key=lambda name: float(np.linalg.norm(fill - np.array(COLOURS[name]))))
     ys, xs = np.nonzero(mask)
     return colour, float(xs.mean() / mask.shape[1]), float(ys.mean() / mask.shape[0]), float(mask.mean())
 
