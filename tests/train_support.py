@@ -14,12 +14,15 @@ DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
 def make_small_demo(out: Path, train_samples: int = 512, val_samples: int = 96) -> Path:
     from data_tools.make_demo_data import make_demo_data
 
-    make_demo_data(out, train_samples=train_samples, val_samples=val_samples, samples_per_shard=64, seed=0)
+    per_shard = max(16, train_samples // 8)  # 8 training shards, like the full demo set
+    make_demo_data(out, train_samples=train_samples, val_samples=val_samples, samples_per_shard=per_shard, seed=0)
     return out
 
 
 def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -> list[str]:
     """Shrink the demo recipe: fewer steps, smaller batch, the test's own data and output folder."""
+    from omegaconf import OmegaConf
+
     shards = sorted((data / "train").glob("*.tar"))
     val = ",".join(f'"{v}"' for v in sorted((data / "val").glob("*.tar")))
     values: dict[str, object] = {
@@ -32,14 +35,15 @@ def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -
         "data.train.0.urls": "[" + ",".join(f'"{s}"' for s in shards) + "]",
         "optim.warmup_steps": 2,
         "eval.every": 0,
-        "eval.zeroshot.0.urls": f"[{val}]",
-        "eval.zeroshot.0.classnames": str(data / "classnames.txt"),
-        "eval.zeroshot.1.urls": f"[{val}]",
-        "eval.zeroshot.1.classnames": str(data / "classnames.txt"),
-        "eval.zeroshot.2.urls": f"[{val}]",
-        "eval.zeroshot.2.classnames": str(data / "classnames_all.txt"),
-        "eval.retrieval.0.urls": f"[{val}]",
+        "eval.plots": "false",
     }
+    # Every eval task of the recipe reads the test's val shards and class names.
+    recipe_eval = OmegaConf.load(DEMO_RECIPE).eval
+    for i, task in enumerate(recipe_eval.zeroshot):
+        values[f"eval.zeroshot.{i}.urls"] = f"[{val}]"
+        values[f"eval.zeroshot.{i}.classnames"] = str(data / Path(task.classnames).name)
+    for i, _ in enumerate(recipe_eval.retrieval):
+        values[f"eval.retrieval.{i}.urls"] = f"[{val}]"
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
