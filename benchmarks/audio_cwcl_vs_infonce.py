@@ -35,7 +35,7 @@ def run_one(loss: str, seed: int, steps: int, eval_every: int, out: Path) -> dic
     overrides = [f"seed={seed}", f"train.steps={steps}", f"eval.every={eval_every}", f"output_dir={run_dir}",
                  "train.save_every=0"]
     start = time.perf_counter()
-    Trainer(load_recipe(RECIPES[loss], overrides)).fit()
+    Trainer(load_recipe(RECIPES[loss], overrides), overwrite=True).fit()  # a re-run replaces its own runs
     seconds = time.perf_counter() - start
     by_step: dict[int, dict[str, float]] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():

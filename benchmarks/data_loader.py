@@ -9,10 +9,11 @@ one loader worker: read the tar, shuffle, decode the JPEG, run open_clip's train
 objects are the same for both. The first batch (start-up, shuffle-buffer fill) is excluded; the rest are
 timed, best of --repeats.
 
-open_clip 3.3's `group_by_keys_nothrow` raises KeyError('fname') on webdataset 1.0's end-of-shard marker (the
-empty dict its tar expander yields after each shard; DESIGN.md §1), which its shuffle buffer reaches even
-with one shard. To measure its pipeline at all, the benchmark gives it the one-line fix open_clip would need
-(drop entries without "fname" before grouping); everything else is open_clip's code.
+open_clip 3.3's `group_by_keys_nothrow` raises KeyError('fname') on webdataset 1.0's end-of-shard marker
+(the empty dict its tar expander yields after each shard; docs/design.md, "Batches and the data pipeline"),
+which its shuffle buffer reaches even with one shard. To measure its pipeline at all, the benchmark gives it
+the one-line fix open_clip would need (drop entries without "fname" before grouping); everything else is
+open_clip's code.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
-# The demo's data paths in recipes/demo.yaml, rewritten to each variant's folder.
-DEMO_DATA = "data/demo"
+# The demo's data paths in recipes/demo.yaml (under its `paths.data` root), rewritten to each variant's folder.
+DEMO_DATA = ("${paths.data}/demo", "data/demo")
 
 Tree = dict[str, Any]
 
@@ -64,8 +64,10 @@ def _rewrite_paths(node: Any, data_dir: Path) -> Any:
         return {k: _rewrite_paths(v, data_dir) for k, v in node.items()}
     if isinstance(node, list):
         return [_rewrite_paths(v, data_dir) for v in node]
-    if isinstance(node, str) and node.startswith(DEMO_DATA + "/"):
-        return str(data_dir / node[len(DEMO_DATA) + 1 :])
+    if isinstance(node, str):
+        for prefix in DEMO_DATA:
+            if node.startswith(prefix + "/"):
+                return str(data_dir / node[len(prefix) + 1 :])
     return node
 
 

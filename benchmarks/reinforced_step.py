@@ -58,7 +58,7 @@ def _text(width: int, layers: int) -> dict[str, Any]:
 def experiment(name: str, width: int, layers: int, steps: int, pair: dict[str, Any],
                reinforced: bool = False) -> ExperimentConfig:
     """demo.yaml reduced to image-text, with the given tower size, pair loss and data."""
-    tree = OmegaConf.to_container(OmegaConf.load(REPO / "recipes/demo.yaml"))
+    tree = OmegaConf.to_container(OmegaConf.load(REPO / "recipes/demo.yaml"), resolve=True)
     tree["name"], tree["output_dir"] = name, str(REPO / "runs" / name)
     tree["model"]["modalities"] = {"image": {"tower": _vision(width, layers), "head": {"type": "identity"}},
                                    "text": {"tower": _text(width, layers), "head": {"type": "identity"}}}
@@ -80,7 +80,7 @@ def _distill_pair(dim: int = 64, lam: float = 1.0) -> dict[str, Any]:
 def train(config: ExperimentConfig) -> dict[str, float]:
     from mmembed.train import Trainer
 
-    return Trainer(config).fit().final_metrics
+    return Trainer(config, overwrite=True).fit().final_metrics  # a re-run replaces its own runs
 
 
 def cmd_teacher(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def cmd_step(args: argparse.Namespace) -> dict[str, Any]:
 
 def _kd_delta(image: torch.Tensor, text: torch.Tensor, codec: str, groups: list[int]) -> float:
     from mmembed.losses.functional import distill_kd
-    from mmembed.reinforce.codec import decode_array, encode_array
+    from mmembed.reinforced_format.codec import decode_array, encode_array
 
     def stored(x: torch.Tensor) -> torch.Tensor:
         return F.normalize(torch.from_numpy(decode_array(encode_array(x.numpy(), codec, groups))[0]), dim=1)
@@ -180,7 +180,7 @@ def cmd_storage(args: argparse.Namespace) -> dict[str, Any]:
     from mmembed.data.stats import SkipStats
     from mmembed.data.tar_samples import shard_samples
     from mmembed.reinforce.builder import run_reinforce
-    from mmembed.reinforce.codec import decode_array, payload_bytes
+    from mmembed.reinforced_format.codec import decode_array, payload_bytes
 
     # The reference must be unquantised: rebuild the first demo shard with fp32 storage.
     reference = REPO / "data/demo/reinforced_fp32"

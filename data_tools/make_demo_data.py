@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--two-objects", type=float, default=0.0,
                         help="fraction of training images that get a second object")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpora", action="store_true",
+                        help="also write the demo as separate image-text and audio-text corpora plus a tri-modal "
+                             "val set under OUT/corpora (data_tools.make_demo_corpora)")
     args = parser.parse_args(argv)
     info = make_demo_data(args.out, split=args.split, train_samples=args.train_samples,
                           val_samples=args.val_samples, image_size=args.image_size, sample_rate=args.sample_rate,
@@ -236,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"caption noise: {info['noisy_train_samples']} training captions replaced "
               f"({info['noisy_train_samples_other_combo']} now name another colour-shape combination)")
     print(f"zero-shot classes: {info['classnames']}  info: {info['info']}")
+    if args.corpora:
+        from data_tools.make_demo_corpora import main as write_corpora
+
+        write_corpora(["--out", str(args.out / "corpora"), "--seed", str(args.seed)])
 
 
 if __name__ == "__main__":

@@ -115,19 +115,21 @@ def render(utt: Utterance, wave: np.ndarray, rate: int, sample_rate: int) -> np.
     return np.clip(wave, -1.0, 1.0)
 
 
-def draw_utterances(vocabulary: Sequence[str], count: int, rng: np.random.Generator) -> list[Utterance]:
+def draw_utterances(vocabulary: Sequence[str], count: int, rng: np.random.Generator,
+                    voices: Sequence[str] = VOICES) -> list[Utterance]:
     """`count` utterances cycling through the vocabulary (balanced classes), in shuffled order."""
     words = [vocabulary[i % len(vocabulary)] for i in range(count)]
     words = [words[i] for i in rng.permutation(count)]
     return [Utterance(words=w, caption=str(rng.choice(CARRIERS)).replace("{}", w),
-                      voice=f"{rng.choice(VOICES)}{rng.choice(VARIANTS)}",
+                      voice=f"{rng.choice(voices)}{rng.choice(VARIANTS)}",
                       speed=int(rng.integers(*SPEED_WPM, endpoint=True)),
                       pitch=int(rng.integers(*PITCH, endpoint=True)), lead_in_s=float(rng.uniform(0.0, 0.25)),
                       gain=float(rng.uniform(0.3, 0.9)), snr_db=float(rng.uniform(15.0, 40.0)),
                       noise_seed=int(rng.integers(2**31))) for w in words]
 
 
-def _clips(utterances: Sequence[Utterance], sample_rate: int, workers: int) -> Iterator[np.ndarray]:
+def synthesise_clips(utterances: Sequence[Utterance], sample_rate: int, workers: int) -> Iterator[np.ndarray]:
+    """The rendered clip of each utterance, in order, with `workers` espeak-ng processes at a time."""
     executable = espeak_path()
     # espeak-ng runs as a subprocess, so threads overlap its work without contending for the GIL.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -137,11 +139,14 @@ def _clips(utterances: Sequence[Utterance], sample_rate: int, workers: int) -> I
 
 
 def write_split(out_dir: Path, split: str, vocabulary: Sequence[str], count: int, *, labelled: bool,
-                sample_rate: int, samples_per_shard: int, seed: int, workers: int, progress: bool) -> ShardSet:
-    rng = np.random.default_rng([seed, SPLIT_STREAMS[split]])
-    utterances = draw_utterances(vocabulary, count, rng)
+                sample_rate: int, samples_per_shard: int, seed: int, workers: int, progress: bool,
+                stream: int | None = None, voices: Sequence[str] = VOICES) -> ShardSet:
+    """`count` clips cycling through `vocabulary` into OUT_DIR/SPLIT/; `cls` (when labelled) is the word's
+    position in `vocabulary`. Each split draws from its own random stream (default SPLIT_STREAMS[split])."""
+    rng = np.random.default_rng([seed, SPLIT_STREAMS[split] if stream is None else stream])
+    utterances = draw_utterances(vocabulary, count, rng, voices)
     with SizedShardWriter(out_dir / split, split, samples_per_shard=samples_per_shard) as writer:
-        clips = tqdm(_clips(utterances, sample_rate, workers), total=count, desc=f"speech {split}",
+        clips = tqdm(synthesise_clips(utterances, sample_rate, workers), total=count, desc=f"speech {split}",
                      unit="clip", disable=not progress)
         for i, (utt, wave) in enumerate(zip(utterances, clips)):
             members: dict[str, bytes | str] = {"flac": encode_flac(wave, sample_rate), "txt": utt.caption}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mmembed.checkpoint import load_model
 from mmembed.embed import embed
+from mmembed.embed.search import search
 from mmembed.export import export_towers
-from mmembed.search import search
 
 
 def first_audio(shard: Path, out: Path) -> tuple[Path, str]:
@@ -54,12 +54,12 @@ def main() -> None:
                            strict=True):
         print(f"text -> image: {query!r}")
         for hit in hits:
-            print(f"   {hit.score:+.3f}  {hit.id}")
+            print(f"   {hit.score:+.3f}  {hit.id}  {hit.describe()}")
 
     clip, caption = first_audio(Path(shards[0]), work / "query.flac")
     print(f"audio -> text: {clip} (its own caption: {caption!r})")
     for hit in search(work / "texts", work / "towers", "audio", [str(clip)], args.k)[0]:
-        print(f"   {hit.score:+.3f}  {hit.id}")
+        print(f"   {hit.score:+.3f}  {hit.id}  {hit.describe()}")
 
 
 if __name__ == "__main__":

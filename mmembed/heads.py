@@ -17,6 +17,7 @@ from torch import nn
 
 from mmembed.config.model import HeadSpec
 from mmembed.registry import Registry
+from mmembed.types import LinearMap
 
 HEADS: Registry[nn.Module] = Registry("head")
 
@@ -36,6 +37,10 @@ class Head(nn.Module):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def linear_map(self) -> LinearMap | None:
+        """The head as x -> Wx + b (float64), for exporters that fold it into a tower; None if not affine."""
+        return None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.project(features).float(), dim=-1)
@@ -59,6 +64,10 @@ class LinearHead(Head):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
+
+    def linear_map(self) -> LinearMap:
+        bias = self.proj.bias
+        return LinearMap(self.proj.weight.detach().double(), None if bias is None else bias.detach().double())
 
 
 @dataclass
@@ -107,6 +116,9 @@ class IdentityHead(Head):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+    def linear_map(self) -> LinearMap:
+        return LinearMap()
 
 
 @HEADS.register("linear", LinearHeadConfig)

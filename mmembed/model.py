@@ -16,8 +16,8 @@ from torch import nn
 from mmembed.config.model import ModelConfig, PairConfig
 from mmembed.heads import build_head
 from mmembed.towers import build_tower, frozen_submodules, keep_eval
-from mmembed.towers.base import Preprocessor, TowerInput
 from mmembed.towers.feature_cache import FeatureCache
+from mmembed.types import Preprocessor, ReadsModality, TowerInput
 
 LossDefaults = Callable[[str], tuple[float, float | None]]
 
@@ -183,7 +183,13 @@ class MultiModalModel(nn.Module):
                 theta.clamp_(0.0, upper)
 
     def preprocessors(self, is_train: bool) -> dict[str, Preprocessor]:
-        return {m: tower.preprocessor(is_train) for m, tower in self.towers.items()}
+        """Per modality, its tower's preprocessor; a modality named other than its tower's kind (a second
+        text tower `chars`) gets a ReadsModality wrapper, so the data pipeline feeds it that kind's member."""
+        out: dict[str, Preprocessor] = {}
+        for m, tower in self.towers.items():
+            pre = tower.preprocessor(is_train)
+            out[m] = pre if m == tower.modality else ReadsModality(tower.modality, pre)
+        return out
 
     def no_weight_decay(self) -> set[str]:
         """Full names of the parameters that must get no weight decay."""

@@ -27,9 +27,13 @@ def test_images_decode_to_rgb(fmt):
     assert abs(int(np.asarray(image)[5, 5, 0]) - 200) <= 3
 
 
-def test_rgba_png_decodes_to_rgb():
+def test_rgba_png_decodes_to_rgb_over_white():
+    """Half-transparent pixels are composited onto white (img2dataset's matting), not stripped of alpha."""
     image = decode_image(_encoded(Image.new("RGBA", (4, 4), (10, 20, 30, 128)), "PNG"))
-    assert image.mode == "RGB" and np.asarray(image)[0, 0].tolist() == [10, 20, 30]
+    expected = [round(c * 128 / 255 + 255 * 127 / 255) for c in (10, 20, 30)]
+    assert image.mode == "RGB" and np.abs(np.asarray(image)[0, 0].astype(int) - expected).max() <= 1
+    opaque = decode_image(_encoded(Image.new("RGBA", (4, 4), (10, 20, 30, 255)), "PNG"))
+    assert np.asarray(opaque)[0, 0].tolist() == [10, 20, 30]
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", _encoded(Image.new("RGB", (64, 64)), "PNG")[:60]])

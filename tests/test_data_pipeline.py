@@ -25,6 +25,7 @@ from test_data_support import (
 from data_tools.shard_writer import SizedShardWriter
 from mmembed.config.data import DataConfig, ShardSource
 from mmembed.data import build_eval_loader, build_train_loader, count_samples, expand_urls, source_num_samples
+from mmembed.types import ReadsModality
 
 
 def _numbers(batches: list[dict]) -> list[int]:
@@ -70,6 +71,22 @@ def test_only_requested_modalities_are_batched_and_index_defaults_to_minus_one(t
     assert batch["index"].tolist() == [-1, -1, -1]
 
 
+def _caption_length(text: str) -> torch.Tensor:
+    return torch.tensor(len(text))
+
+
+def test_a_second_text_modality_reads_the_same_caption(tmp_path):
+    """A preprocessor wrapped in ReadsModality("text", ...) (the model does this for a second text tower)
+    is fed the text member under its own batch key, beside the first text modality."""
+    shards = write_numbered_shards(tmp_path, "s", [3, 12], per_shard=8)
+    preprocessors = {"text": char_tokens, "chars": ReadsModality("text", _caption_length)}
+    (batch,) = build_eval_loader([shards.pattern], preprocessors, batch_size=8, extra_keys=())
+    assert [decode_tokens(row) for row in batch["text"]] == ["caption 3", "caption 12"]
+    assert batch["chars"].tolist() == [len("caption 3"), len("caption 12")]
+    with pytest.raises(ValueError, match=r"no decoder for modalities \['chars'\]"):
+        build_eval_loader([shards.pattern], {"chars": ReadsModality("smell", _caption_length)}, batch_size=8)
+
+
 def _two_sources(tmp_path) -> tuple[str, str]:
     a = write_numbered_shards(tmp_path / "a", "a", list(range(30)), per_shard=10)
     b = write_numbered_shards(tmp_path / "b", "b", list(range(1000, 1030)), per_shard=10)
@@ -104,6 +121,16 @@ def test_epoch_mode_reads_each_sample_once_per_epoch_in_a_new_order(tmp_path):
     first, second = _numbers(batches[:6]), _numbers(batches[6:])
     assert sorted(first) == list(range(30)) and sorted(second) == list(range(30))
     assert first != second
+
+
+def test_shuffle_buffer_reorders_samples_within_one_shard(tmp_path):
+    """One shard, one worker: shard-order shuffling cannot help, so any reordering is the buffer's."""
+    shards = write_numbered_shards(tmp_path, "o", list(range(40)), per_shard=40)
+    for buffer, shuffled in ((0, False), (10, True)):
+        cfg = _train_cfg([ShardSource(urls=[shards.pattern])], resampled=False, shuffle_buffer=buffer)
+        numbers = _numbers(list(itertools.islice(build_train_loader(cfg, PLAIN, batch_size=8, seed=0), 5)))
+        assert sorted(numbers) == list(range(40))
+        assert (numbers != list(range(40))) == shuffled, (buffer, numbers)
 
 
 def _write_damaged_shard(tmp_path) -> list[str]:
@@ -168,9 +195,11 @@ def test_configuration_errors_name_the_problem(tmp_path):
     few = _train_cfg([ShardSource(urls=[a])], resampled=False, num_workers=2)
     with pytest.raises(ValueError, match=r"world_size x num_workers = 2 x 2 = 4 shards.*only 3"):
         build_train_loader(few, PLAIN, batch_size=2, seed=0, rank=0, world_size=2)
-    weighted = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=[b])], resampled=False)
-    with pytest.raises(ValueError, match="resampled: true"):
-        build_train_loader(weighted, PLAIN, batch_size=2, seed=0)
+    # Several sources in epoch mode: each source needs its own shard per worker, and the error names it.
+    two = _train_cfg([ShardSource(urls=[a], weight=2.0), ShardSource(urls=expand_urls(b)[:1], name="bee")],
+                     resampled=False, num_workers=2)
+    with pytest.raises(ValueError, match=r"data\.train\[1\] \('bee'\).*only 1"):
+        build_train_loader(two, PLAIN, batch_size=2, seed=0)
     with pytest.raises(ValueError, match=r"no decoder for modalities.*'video'"):
         build_eval_loader([a], {"video": char_tokens}, batch_size=2)
     with pytest.raises(ValueError, match="resume"):

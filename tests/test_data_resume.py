@@ -84,3 +84,17 @@ def test_epoch_mode_splits_each_epoch_disjointly_across_ranks(tmp_path):
     assert len(set(per_rank[0])) == len(per_rank[0]) == 20
     assert not set(per_rank[0]) & set(per_rank[1])
     assert set(per_rank[0]) | set(per_rank[1]) == {f"d{n:05d}" for n in range(40)}
+
+
+def test_loader_workers_draw_different_augmentations(tmp_path):
+    """Per-sample seeds must include the worker id: two workers augmenting identical images at the same
+    stream position would otherwise produce identical crops and noise."""
+    with SizedShardWriter(tmp_path, "same", samples_per_shard=6) as writer:
+        for number in range(12):
+            writer.write(f"same{number:05d}", sample_members(5))  # every image identical
+    cfg = DataConfig(train=[ShardSource(urls=[str(tmp_path / "same-{000000..000001}.tar")])], num_workers=2,
+                     shuffle_buffer=0, resampled=False)
+    first, second = _take(cfg, 2)
+    assert (first["__worker__"], second["__worker__"]) == (0, 1)
+    assert not torch.equal(first["image"], second["image"])
+    assert not torch.equal(first["audio"], second["audio"])

@@ -13,6 +13,7 @@ from test_export_support import make_model, tri_modal_tree, write_audio, write_i
 
 from mmembed.cli import main
 from mmembed.embed import embed, read_embeddings
+from mmembed.embed.store import read_about
 from mmembed.export import export_towers
 
 
@@ -84,6 +85,8 @@ def test_resume_skips_finished_parts(towers: tuple, tmp_path: Path) -> None:
     emb2, ids2 = read_embeddings(tmp_path / "out")
     assert ids2 == ids == [f"k{i}" for i in range(7)]
     np.testing.assert_array_equal(emb2, emb)
+    # What search shows per row stays aligned with the rows across the resumed parts.
+    assert read_about(tmp_path / "out") == [{"caption": f"caption number {i}"} for i in range(7)]
     with pytest.raises(ValueError, match="other settings"):
         embed(root, [str(table)], tmp_path / "out", **{**kwargs, "part_size": 3})
 

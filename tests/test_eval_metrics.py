@@ -158,3 +158,49 @@ def test_template_sets_and_explicit_templates() -> None:
 def test_bad_templates_are_named(bad: object) -> None:
     with pytest.raises(ValueError, match="template"):
         resolve_templates(bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- label-level retrieval (binding on scenes)
+
+
+def naive_label_recall(queries: np.ndarray, candidates: np.ndarray, labels: np.ndarray, ks: list[int]) -> dict:
+    hits = []
+    for i in range(len(queries)):
+        order = np.argsort(-(candidates @ queries[i]), kind="stable")
+        same = np.where(labels[order] == labels[i])[0]
+        hits.append(same[0] if len(same) else len(order))
+    return {k: float(np.mean(np.array(hits) < k)) for k in ks}
+
+
+def test_label_recall_matches_brute_force_in_chunks_and_both_directions() -> None:
+    from mmembed.eval.retrieval import label_recall_at_k, label_retrieval_metrics
+
+    a, b = unit(61, 8, 1), unit(61, 8, 2)
+    labels = torch.randint(0, 7, (61,), generator=torch.Generator().manual_seed(3))
+    want = naive_label_recall(a.numpy(), b.numpy(), labels.numpy(), [1, 3, 10])
+    for chunk in (5, 61, 1000):
+        assert label_recall_at_k(a, b, labels, labels, [1, 3, 10], chunk) == pytest.approx(want)
+    named = label_retrieval_metrics(a, b, labels, a_name="audio", b_name="image", ks=[1, 3])
+    assert named["audio_to_image_label_R@1"] == pytest.approx(want[1])
+    assert named["image_to_audio_label_R@3"] == pytest.approx(naive_label_recall(b.numpy(), a.numpy(),
+                                                                                 labels.numpy(), [3])[3])
+    # A label shared by every item makes every query a hit; unique labels reduce it to plain recall.
+    assert label_recall_at_k(a, b, torch.zeros(61), torch.zeros(61), [1])[1] == 1.0
+    unique = torch.arange(61)
+    assert label_recall_at_k(a, b, unique, unique, [1, 3]) == pytest.approx(recall_at_k(a, b, [1, 3]))
+
+
+def test_label_chance_is_the_exact_expectation_of_a_random_ranking() -> None:
+    from mmembed.eval.retrieval import label_chance
+
+    labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)  # N = 10
+    # Exact: mean over queries of 1 - C(10 - n, k) / C(10, k).
+    from math import comb
+
+    for k in (1, 2, 4):
+        exact = np.mean([1 - comb(10 - n, k) / comb(10, k) for n in [5] * 5 + [3] * 3 + [2] * 2])
+        assert label_chance(labels, labels, k) == pytest.approx(exact)
+    rng = np.random.default_rng(0)
+    simulated = np.mean([labels[rng.permutation(10)[:2]].eq(labels[q]).any().item()
+                         for q in rng.integers(0, 10, 20000)])
+    assert label_chance(labels, labels, 2) == pytest.approx(simulated, abs=0.01)

@@ -151,7 +151,7 @@ def write_isogclr_state(path: Path, num_samples: int) -> None:
     pair = PairConfig(a="image", b="text", loss="isogclr", args={"num_samples": num_samples})
     objective = Objective([pair])
     table = objective.losses["image__text"].state
-    table.tau_image.uniform_(0.005, 0.05)
+    table.tau_a.uniform_(0.005, 0.05)
     table.visits.random_(0, 4)
     save_file(state_to_safetensors(objective), str(path))
 
@@ -196,3 +196,38 @@ def test_run_eval_command_on_a_saved_checkpoint(setup, tmp_path: Path, capsys) -
                          **{**common, "pair": "image"})
     with pytest.raises(ValueError, match="unknown eval task 'bogus'"):
         run_eval_command(task="bogus", templates="openai", modality="image", **common)
+
+
+def test_eval_says_which_templates_it_used_and_can_use_the_recipes(setup, tmp_path: Path, capsys) -> None:
+    model, _, urls, samples, root = setup
+    own = ["a {} drawn", "the {}"]
+    recipe = structured_from_dict(ExperimentConfig, {"model": MODEL, "eval": {"zeroshot": [
+        {"name": "held", "modality": "image", "urls": urls, "classnames": str(root / "data" / "classnames.txt"),
+         "templates": own}]}})
+    save_model_dir(tmp_path / "model", model, recipe)
+    common = {"checkpoint_dir": tmp_path / "model", "task": "zeroshot", "data": urls, "classnames": None,
+              "modality": "image", "pair": "image,text", "plot_dir": None, "batch_size": 5, "device": "cpu",
+              "progress": False}
+    run_eval_command(templates="openai", **common)
+    note = capsys.readouterr().out.splitlines()[0]
+    openai = len(resolve_templates("openai"))
+    assert note.startswith(f"zero-shot prompts: {openai} templates from set 'openai'")
+    assert "the recipe's own eval ('held') uses 2 others ('a {} drawn', 'the {}')" in note
+    assert "--templates recipe" in note
+
+    metrics = run_eval_command(templates="recipe", **common)
+    assert capsys.readouterr().out.splitlines()[0] == "zero-shot prompts: 2 templates from the recipe's task 'held'"
+    labels = torch.tensor([s["cls"] for s in samples])
+    logits = direct_embeddings(model, samples, "image") @ direct_classifier(model, own).T
+    assert metrics["zeroshot/data/top1"] == pytest.approx(zero_shot_metrics(logits, labels).top1)
+    with pytest.raises(ValueError, match="no zero-shot task for modality 'audio'"):
+        run_eval_command(templates="recipe", **{**common, "modality": "audio"})
+
+
+def test_eval_help_names_the_default_templates() -> None:
+    from mmembed.cli import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.choices)  # type: ignore[union-attr]
+    text = " ".join(sub.choices["eval"].format_help().split())
+    assert f"OpenAI's {len(resolve_templates('openai'))} ImageNet templates" in text
+    assert "not the recipe's own" in text and "'recipe'" in text

@@ -200,3 +200,42 @@ def test_cli_arguments_become_an_eval_config(tmp_path) -> None:
     (tmp_path / "classnames.txt").unlink()
     with pytest.raises(FileNotFoundError, match="--classnames"):
         TASK_CONFIGS["zeroshot"](request)
+
+
+def test_retrieval_of_a_pair_never_trained_says_so(tmp_path) -> None:
+    from mmembed.eval.cli import TASK_CONFIGS, EvalRequest, untrained_pair_note
+
+    request = EvalRequest([str(tmp_path / "val.tar")], None, "openai", "image", "audio, image", 8,
+                          label_key="cls_scene")
+    task = TASK_CONFIGS["retrieval"](request).retrieval[0]
+    assert (task.a, task.b, task.label_key) == ("audio", "image", "cls_scene")
+    trained = [("image", "text"), ("audio", "text")]
+    assert "audio-image was never a trained pair" in untrained_pair_note(request, trained)
+    assert "image-text, audio-text" in untrained_pair_note(request, trained)
+    request.pair = "text,audio"
+    assert untrained_pair_note(request, trained) == ""
+
+
+def test_retrieval_with_a_label_key_reads_the_labels_and_reports_label_recall_and_chance() -> None:
+    from mmembed.eval.evaluate import run_tasks
+    from mmembed.eval.retrieval import label_chance
+
+    shards = {"val-0.tar": make_samples(23, seed=1), "val-1.tar": make_samples(18, seed=2)}
+    cfg = EvalConfig(batch_size=7, retrieval=[RetrievalTask(name="scenes", urls=list(shards), a="image", b="text",
+                                                            label_key="cls")])
+    loaders = InMemoryLoaders(shards)
+    model = ToyModel().eval()
+    (result,) = run_tasks(model, cfg, device="cpu", progress=False, loader_factory=loaders)
+    assert loaders.calls[0] == (list(shards), ["image", "text"], ("cls",))
+    samples = shards["val-0.tar"] + shards["val-1.tar"]
+    with torch.no_grad():
+        images = torch.cat([model.encode("image", s["image"].flatten()[None]) for s in samples]).numpy()
+        texts = torch.cat([model.encode("text", tokenize(s["text"])[None]) for s in samples]).numpy()
+    labels = np.array([s["cls"] for s in samples])
+    for k in (1, 5):
+        hits = [labels[np.argsort(-(texts @ images[i]), kind="stable")[:k]].__contains__(labels[i])
+                for i in range(len(samples))]
+        assert result.metrics[f"retrieval/scenes/image_to_text_label_R@{k}"] == pytest.approx(np.mean(hits))
+    assert result.chance["R@5"] == pytest.approx(5 / 41)
+    assert result.chance["label_R@1"] == pytest.approx(label_chance(torch.tensor(labels), torch.tensor(labels), 1))
+    assert result.chance_line().startswith("retrieval/scenes chance: R@1 0.0244")

@@ -15,13 +15,13 @@ def _results() -> list[TaskResult]:
     zero_shot = TaskResult("zeroshot", "image_heldout", {
         "zeroshot/image_heldout/top1": 0.8125, "zeroshot/image_heldout/top5": 1.0,
         "zeroshot/image_heldout/mean_per_class_recall": 0.8}, np.eye(8, dtype=int), [f"c{i}" for i in range(8)],
-        num_samples=480, note="never seen in training")
+        samples=480, note="never seen in training")
     many = TaskResult("zeroshot", "image_all", {"zeroshot/image_all/top1": 0.5, "zeroshot/image_all/top5": 0.9,
                                                  "zeroshot/image_all/mean_per_class_recall": 0.5},
-                      np.eye(30, dtype=int), [f"c{i}" for i in range(30)], num_samples=480)
+                      np.eye(30, dtype=int), [f"c{i}" for i in range(30)], samples=480)
     retrieval = TaskResult("retrieval", "val_image_text", {
         f"retrieval/val_image_text/{a}_to_{b}_R@{k}": v for a, b in (("image", "text"), ("text", "image"))
-        for k, v in ((1, 0.25), (5, 0.75), (10, 0.9))}, num_samples=480, note="own captions")
+        for k, v in ((1, 0.25), (5, 0.75), (10, 0.9))}, samples=480, note="own captions")
     return [zero_shot, many, retrieval]
 
 

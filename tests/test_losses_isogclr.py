@@ -30,9 +30,13 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def isogclr64(*args, **kwargs) -> ISogCLRLoss:
+def isogclr(num_samples: int, **overrides) -> ISogCLRLoss:
+    return ISogCLRLoss(ISogCLRConfig(num_samples=num_samples, **overrides))
+
+
+def isogclr64(num_samples: int, **overrides) -> ISogCLRLoss:
     with default_dtype(torch.float64):
-        return ISogCLRLoss(*args, **kwargs)
+        return isogclr(num_samples, **overrides)
 
 
 def load_libauc_contrastive() -> ModuleType:
@@ -85,14 +89,14 @@ def test_matches_libauc_gcloss_v2_over_batches(overrides: dict) -> None:
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(gx, ref_gx, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(gy, ref_gy, rtol=1e-10, atol=1e-12)
-        pairs = {"s_image": ref.u1, "s_text": ref.u2, "b_image": ref.b1, "b_text": ref.b2,
-                 "u_image": ref.grad_tau_img, "u_text": ref.grad_tau_txt,
-                 "tau_image": ref.learnable_tau_img, "tau_text": ref.learnable_tau_txt}
+        pairs = {"s_a": ref.u1, "s_b": ref.u2, "b_a": ref.b1, "b_b": ref.b2,
+                 "u_a": ref.grad_tau_img, "u_b": ref.grad_tau_txt,
+                 "tau_a": ref.learnable_tau_img, "tau_b": ref.learnable_tau_txt}
         for name, ref_table in pairs.items():
             torch.testing.assert_close(ours.state.table(name), ref_table.squeeze(1), rtol=1e-10, atol=1e-14,
                                        msg=lambda m, name=name, step=step: f"{name} at step {step}: {m}")
     if overrides:  # the comparison must cover τ values away from the clamps, not only τ_min / τ_max
-        tau = ours.state.tau_image[: 2 * B]
+        tau = ours.state.tau_a[: 2 * B]
         assert ((tau > 0.005 + 1e-6) & (tau < 0.05 - 1e-6)).float().mean() > 0.5
 
 
@@ -140,20 +144,20 @@ def test_matches_naive_paper_objective_and_update() -> None:
     torch.testing.assert_close(gx, (B - 1) / 2 * xs.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gy, (B - 1) / 2 * ys.grad, rtol=1e-9, atol=1e-12)
     # τ step from zero momentum: u = β ∂F_i/∂τ_i (= B · ∂F/∂τ_i), τ ← τ - η u (small η: no clamp).
-    torch.testing.assert_close(loss_fn.state.u_image[index], beta * B * tau_i.grad, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(loss_fn.state.tau_image[index], tau0 - eta * beta * B * tau_i.grad, rtol=1e-12,
+    torch.testing.assert_close(loss_fn.state.u_a[index], beta * B * tau_i.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss_fn.state.tau_a[index], tau0 - eta * beta * B * tau_i.grad, rtol=1e-12,
                                atol=1e-15)
-    torch.testing.assert_close(loss_fn.state.tau_text[index], tau0 - eta * beta * B * tau_t.grad, rtol=1e-12,
+    torch.testing.assert_close(loss_fn.state.tau_b[index], tau0 - eta * beta * B * tau_t.grad, rtol=1e-12,
                                atol=1e-15)
-    assert (loss_fn.state.tau_image[index] != tau0).all()
+    assert (loss_fn.state.tau_a[index] != tau0).all()
 
     # Second visit with new features: s ← (1-γ) s + γ g at the *new* τ; stored as s·exp(-b).
-    tau_new = loss_fn.state.tau_image[index].clone()
+    tau_new = loss_fn.state.tau_a[index].clone()
     x2, y2 = pair_batch(8)
     run_step(loss_fn, x2, y2, index)
     _, g2 = naive_side(x2 @ y2.T, tau_new, rho)
     expected_s = torch.stack([(1 - gamma) * g_img[i].detach() + gamma * g2[i] for i in range(B)])
-    stored = loss_fn.state.s_image[index] * torch.exp(loss_fn.state.b_image[index])
+    stored = loss_fn.state.s_a[index] * torch.exp(loss_fn.state.b_a[index])
     torch.testing.assert_close(stored, expected_s, rtol=1e-10, atol=1e-12)
 
 
@@ -167,10 +171,10 @@ def test_first_visit_is_per_sample_in_a_mixed_batch() -> None:
     run_step(loss_fn, x, y, torch.arange(B))
     mixed = torch.cat([torch.arange(B // 2), torch.arange(B, B + B // 2)])
     x2, y2 = pair_batch(2)
-    tau = loss_fn.state.tau_image[mixed].clone()
+    tau = loss_fn.state.tau_a[mixed].clone()
     run_step(loss_fn, x2, y2, mixed)
     _, g = naive_side(x2 @ y2.T, tau, 6.0)
-    stored = loss_fn.state.s_image[mixed] * torch.exp(loss_fn.state.b_image[mixed])
+    stored = loss_fn.state.s_a[mixed] * torch.exp(loss_fn.state.b_a[mixed])
     torch.testing.assert_close(stored[B // 2:], torch.stack(g[B // 2:]), rtol=1e-10, atol=1e-12)
     assert not torch.allclose(stored[: B // 2], torch.stack(g[: B // 2]))  # seen ones are averaged
     assert loss_fn.state.visits[mixed].tolist() == [2] * (B // 2) + [1] * (B // 2)
@@ -184,7 +188,7 @@ def test_duplicate_indices_keep_the_last_occurrence() -> None:
     single = isogclr64(N)  # what row 2 alone would have written for index 5
     run_step(single, x, y, torch.tensor([8, 1, 5, 2, 3, 4, 6, 7]))
     assert loss_fn.state.visits[5] == 2
-    for name in ("tau_image", "s_text", "b_image", "u_text"):
+    for name in ("tau_a", "s_b", "b_a", "u_b"):
         assert loss_fn.state.table(name)[5] == single.state.table(name)[5]
 
 
@@ -209,7 +213,7 @@ def test_state_dict_round_trip_carries_the_tables() -> None:
     for step, index in enumerate(index_schedule()[:3]):
         run_step(loss_fn, *pair_batch(step), index)
     state = loss_fn.state_dict()
-    tables = {f"state.{k}_{s}" for k in ("tau", "s", "b", "u") for s in ("image", "text")}
+    tables = {f"state.{k}_{s}" for k in ("tau", "s", "b", "u") for s in ("a", "b")}
     expected = tables | {"state.visits"}
     assert set(state) == expected
     restored = isogclr64(N)
@@ -220,26 +224,26 @@ def test_state_dict_round_trip_carries_the_tables() -> None:
 
 def test_metrics_and_temperature_tables() -> None:
     loss_fn = isogclr64(N)
-    assert loss_fn.metrics()["tau_image_mean"] == pytest.approx(0.01)
+    assert loss_fn.metrics()["tau_a_mean"] == pytest.approx(0.01)
     run_step(loss_fn, *pair_batch(0), torch.arange(B))
     metrics = loss_fn.metrics()
     tables = loss_fn.temperatures()
     assert metrics["seen_fraction"] == pytest.approx(B / N)
-    assert metrics["tau_text_mean"] == pytest.approx(float(tables.tau_text[:B].mean()))
-    assert metrics["tau_image_min"] >= 0.005 and metrics["tau_image_max"] <= 0.05
+    assert metrics["tau_b_mean"] == pytest.approx(float(tables.tau_b[:B].mean()))
+    assert metrics["tau_a_min"] >= 0.005 and metrics["tau_a_max"] <= 0.05
     assert "robust_objective" in metrics
-    assert tables.visits.sum() == B and tables.tau_image.shape == (N,)
+    assert tables.visits.sum() == B and tables.tau_a.shape == (N,)
 
 
 def test_registry_builds_with_validated_config() -> None:
     loss_fn = LOSSES.build("isogclr", {"num_samples": N, "rho": 7.0})
     assert isinstance(loss_fn, ISogCLRLoss) and loss_fn.config == ISogCLRConfig(num_samples=N, rho=7.0)
     with pytest.raises(ValueError, match="tau_init"):
-        ISogCLRLoss(N, tau_init=0.1)
+        isogclr(N, tau_init=0.1)
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    loss_fn = ISogCLRLoss(N)
+    loss_fn = isogclr(N)
     x, y = pair_batch(0)
     x, y = x.float(), y.float()
     with pytest.raises(IndexError, match="num_samples=24"):
@@ -253,9 +257,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 def test_bf16_autocast_computes_in_float32() -> None:
-    loss_fn = ISogCLRLoss(N)
+    loss_fn = isogclr(N)
     x, y = (t.float() for t in pair_batch(5))
-    reference = ISogCLRLoss(N)(x, y, torch.arange(B))
+    reference = isogclr(N)(x, y, torch.arange(B))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = loss_fn(x, y, torch.arange(B))
     assert loss.dtype == torch.float32

@@ -29,15 +29,15 @@ def leaves(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_predicted_tau_stays_in_range() -> None:
     loss_fn = tempnet64(tau_min=0.01, tau_max=0.04)
     wild = torch.randn(64, D, dtype=torch.float64) * 100
-    for side in ("image", "text"):
+    for side in ("a", "b"):
         tau = loss_fn.predict_tau(side, wild)
         assert tau.shape == (64,) and (tau >= 0.01).all() and (tau <= 0.04).all()
-    readout = loss_fn.tau_nets["image"].readout
+    readout = loss_fn.tau_nets["a"].readout
     with torch.no_grad():  # saturate the output sigmoid both ways: the ends are reached, never crossed
         readout.bias.fill_(1e3)
-        assert torch.allclose(loss_fn.predict_tau("image", wild), torch.tensor(0.04, dtype=torch.float64))
+        assert torch.allclose(loss_fn.predict_tau("a", wild), torch.tensor(0.04, dtype=torch.float64))
         readout.bias.fill_(-1e3)
-        assert torch.allclose(loss_fn.predict_tau("image", wild), torch.tensor(0.01, dtype=torch.float64))
+        assert torch.allclose(loss_fn.predict_tau("a", wild), torch.tensor(0.01, dtype=torch.float64))
 
 
 def test_gradients_reach_the_network_but_not_the_embeddings_through_tau() -> None:
@@ -66,7 +66,7 @@ def test_both_terms_match_the_naive_objective() -> None:
 
     loss_fn.zero_grad(set_to_none=True)
     xs, ys = x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True)
-    tau_i, tau_t = loss_fn.predict_tau("image", xs), loss_fn.predict_tau("text", ys)
+    tau_i, tau_t = loss_fn.predict_tau("a", xs), loss_fn.predict_tau("b", ys)
     # Features see τ as a constant; the networks see the features as constants.
     f_fixed_tau = (naive_side(xs @ ys.T, tau_i.detach(), rho)[0]
                    + naive_side(ys @ xs.T, tau_t.detach(), rho)[0])
@@ -85,13 +85,13 @@ def test_toy_training_moves_tau_the_way_the_dro_gradient_says(rho: float, direct
     loss_fn = tempnet64(rho=rho)
     x, y = pair_batch(4)
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-2)
-    before = loss_fn.predict_tau("image", x).mean().item()
+    before = loss_fn.predict_tau("a", x).mean().item()
     for _ in range(5):
         optimizer.zero_grad()
         terms = loss_fn.terms(x, y, torch.arange(B))
         (terms["loss"] + terms["temperature"]).backward()
         optimizer.step()
-    after = loss_fn.predict_tau("image", x).mean().item()
+    after = loss_fn.predict_tau("a", x).mean().item()
     assert direction * (after - before) > 1e-4, (before, after)
     assert loss_fn.state.visits[:B].eq(5).all()
 
@@ -102,10 +102,10 @@ def test_registry_state_dict_and_metrics() -> None:
     x, y = (t.float() for t in pair_batch(0))
     value = loss_fn(x, y, torch.arange(B))
     assert value.ndim == 0 and torch.isfinite(value)
-    tables = {f"state.{k}_{s}" for k in ("s", "b") for s in ("image", "text")} | {"state.visits"}
+    tables = {f"state.{k}_{s}" for k in ("s", "b") for s in ("a", "b")} | {"state.visits"}
     assert tables <= set(loss_fn.state_dict())
     metrics = loss_fn.metrics()
-    assert 0.005 <= metrics["tau_text_min"] <= metrics["tau_text_mean"] <= metrics["tau_text_max"] <= 0.05
+    assert 0.005 <= metrics["tau_b_min"] <= metrics["tau_b_mean"] <= metrics["tau_b_max"] <= 0.05
     with pytest.raises(ValueError, match="dropout"):
         TempNetLoss(TempNetConfig(embed_dim=D, num_samples=N, dropout=1.0))
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from test_towers_common import TINY_AUDIO, TINY_TEXT, TINY_VIT
+from test_towers_common import TINY_AUDIO, TINY_BYTE_TEXT, TINY_TEXT, TINY_VIT
 
 from mmembed.config.model import HeadSpec, ModalityConfig, ModelConfig, PairConfig, TowerSpec
 from mmembed.config.validate import structured_from_dict
 from mmembed.heads import HEADS, build_head
 from mmembed.model import MultiModalModel, build_model
+from mmembed.types import ReadsModality
 
 CLIP_DEFAULTS = {"infonce": (math.log(1 / 0.07), None), "siglip": (math.log(10.0), -10.0)}
 
@@ -221,6 +222,25 @@ def test_grad_checkpointing_and_preprocessors() -> None:
     for modality in ref:
         torch.testing.assert_close(out[modality], ref[modality])
     assert set(model.preprocessors(False)) == {"image", "text", "audio"}
+
+
+def test_a_second_text_tower_gets_its_own_key_scale_and_data() -> None:
+    """Two text towers (a frozen-anchor-style open_clip text and a byte_text) on one audio tower: each is a
+    modality of its own with its own pair scale, and the second reads the caption as text."""
+    chars = {"tower": {"type": "byte_text", "args": TINY_BYTE_TEXT}, "head": {"type": "linear"}}
+    cfg = tri_modal_cfg(**{"modalities.chars": chars, "pairs": [
+        {"a": "audio", "b": "text"}, {"a": "audio", "b": "chars"}]})
+    torch.manual_seed(0)
+    model = build_model(cfg, loss_defaults=fixed_defaults)
+    pre = model.preprocessors(is_train=True)
+    assert isinstance(pre["chars"], ReadsModality) and pre["chars"].reads == "text"
+    assert not isinstance(pre["text"], ReadsModality)
+    batch = random_batch(model)
+    batch["chars"] = torch.stack([pre["chars"](f"caption {i}") for i in range(4)])
+    out = model(batch)
+    assert set(out.embeddings) == {"image", "text", "audio", "chars"}
+    torch.testing.assert_close(out.embeddings["chars"], model.encode("chars", batch["chars"]))
+    assert sorted(model.logit_scales) == ["audio__chars", "audio__text"]
 
 
 def test_grad_checkpointing_from_tower_spec() -> None:

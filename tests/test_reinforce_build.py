@@ -19,10 +19,10 @@ from reinforce_support import make_plain_shards, reinforce_config, teacher, tiny
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import shard_samples
 from mmembed.reinforce.builder import ReinforceBuilder, run_reinforce
-from mmembed.reinforce.codec import decode_array
-from mmembed.reinforce.embed import teacher_image_inputs
 from mmembed.reinforce.sample_build import stored_augs, stored_syn
+from mmembed.reinforce.teacher_embeddings import teacher_image_inputs
 from mmembed.reinforce.verify import verify_dataset
+from mmembed.reinforced_format.codec import decode_array
 
 REPO = Path(__file__).resolve().parents[1]
 

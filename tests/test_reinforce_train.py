@@ -17,10 +17,10 @@ from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import shard_samples
 from mmembed.model import build_model
 from mmembed.reinforce.builder import run_reinforce
-from mmembed.reinforce.embed import teacher_image_inputs
-from mmembed.reinforce.replay_params import replay_from_transform
 from mmembed.reinforce.sample_build import stored_augs, stored_syn
+from mmembed.reinforce.teacher_embeddings import teacher_image_inputs
 from mmembed.reinforce.teachers import build_teacher
+from mmembed.reinforced_format.replay_params import replay_from_transform
 from mmembed.train.objective import Objective
 
 STUDENT = {

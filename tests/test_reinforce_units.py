@@ -17,9 +17,9 @@ from torchvision.transforms import InterpolationMode
 
 from mmembed.config.reinforce import AugmentConfig, CaptionerSpec
 from mmembed.losses.functional import distill_kd
-from mmembed.reinforce.augment import RANDAUG_OPS, AugmentSampler, AugRecord, ReplayTransform
 from mmembed.reinforce.captioner import build_captioner, clean_caption, is_degenerate
-from mmembed.reinforce.codec import decode_array, encode_array, payload_bytes
+from mmembed.reinforced_format.augment import RANDAUG_OPS, AugmentSampler, AugRecord, ReplayTransform
+from mmembed.reinforced_format.codec import decode_array, encode_array, payload_bytes
 
 
 def _image(w: int = 57, h: int = 43, seed: int = 0) -> Image.Image:

@@ -136,3 +136,16 @@ def test_preprocessors_pickle_for_dataloader_workers(name: str, hf_folder: Path)
     tower = _build(name, hf_folder)
     for is_train in (True, False):
         pickle.loads(pickle.dumps(tower.preprocessor(is_train)))
+
+
+def test_every_tower_module_is_declared() -> None:
+    """Towers are imported on first use by their declared module, so a tower file that registers a name
+    must also declare it in BUILTIN_TOWERS (mmembed/towers/__init__.py), or no recipe could find it."""
+    import re
+
+    from mmembed.towers import BUILTIN_TOWERS
+
+    folder = Path(__file__).resolve().parents[1] / "mmembed" / "towers"
+    registered = {name: f"mmembed.towers.{path.stem}" for path in folder.glob("*.py")
+                  for name in re.findall(r'TOWERS\.register\(\s*"([^"]+)"', path.read_text())}
+    assert registered == {name: module for name, (module, _) in BUILTIN_TOWERS.items()}

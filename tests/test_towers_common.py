@@ -10,6 +10,7 @@ import torch
 
 TINY_VIT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16}
 TINY_TEXT = {"context_length": 16, "width": 32, "heads": 2, "layers": 2}
+TINY_BYTE_TEXT = {"context_length": 24, "width": 32, "heads": 2, "layers": 2}
 TINY_AUDIO = {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 32, "f_max": 8000.0,
               "clip_seconds": 0.5, "backbone": "test_efficientnet"}
 
@@ -62,6 +63,7 @@ def tiny_tower_args(name: str, hf_folder: Path) -> dict[str, Any]:
         "timm_image": {"model_name": "test_resnet", "image_size": 32},
         "audio_mel": TINY_AUDIO,
         "hf_text": {"path": str(hf_folder)},
+        "byte_text": TINY_BYTE_TEXT,
     }
     if name == "hf_audio":
         # Built lazily next to the tiny BERT: only tests of this tower pay for it.

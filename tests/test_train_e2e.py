@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import DEMO_RECIPE, REPO, run_cli, tiny_overrides
+from train_support import BIND_RECIPE, DEMO_RECIPE, REPO, corpora_overrides, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,30 @@ def test_two_process_launch_sees_disjoint_samples(small_demo: Path, tmp_path: Pa
     assert (run_dir / "checkpoints" / "LATEST").is_file()
 
 
+@pytest.mark.parametrize("sharding", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_process_launch_with_two_corpora_of_different_modalities(small_corpora: Path, tmp_path: Path,
+                                                                     sharding: str) -> None:
+    """Real DDP (and FSDP2): steps from one corpus leave the other's tower without gradient on both ranks; the
+    ranks draw the same source per micro-batch and disjoint samples of it."""
+    run_dir = tmp_path / "run"
+    overrides = corpora_overrides(small_corpora, run_dir, steps=6, seed=4,
+                                  **{"train.log_sample_ids": "true", "train.sharding": sharding})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu_2proc.yaml"),
+           "--main_process_port", "29543", "-m", "mmembed", "train", str(BIND_RECIPE), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    expected = {"ddp": "gradients are averaged across ranks after backward",
+                "fsdp": "FSDP skips their reduce-scatters on all ranks alike"}[sharding]
+    assert expected in proc.stderr
+    lines = [[[int(i) for i in line.split()] for line in (run_dir / "sample_ids" / f"rank{r}.txt").read_text()
+              .splitlines()] for r in (0, 1)]
+    assert len(lines[0]) == len(lines[1]) == 6
+    for mine, theirs in zip(*lines, strict=True):  # same source (index range) per micro-batch, other samples
+        assert (min(mine) >= 256) == (min(theirs) >= 256) and not set(mine) & set(theirs)
+    assert {min(line) >= 256 for line in lines[0]} == {False, True}
+
+
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step_name: str, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -52,14 +76,25 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step_name: str, 
     raise AssertionError(f"no checkpoint {step_name} within {timeout}s")
 
 
-def test_killed_run_resumes_to_the_same_weights(small_demo: Path, tmp_path: Path) -> None:
+def _recipe_args(kind: str, request: pytest.FixtureRequest, run_dir: Path, steps: int, **extra: object) -> list[str]:
+    """`mmembed train` arguments: the one-corpus demo, or two corpora of different modalities (trimodal_bind)."""
+    if kind == "demo":
+        return ["train", str(DEMO_RECIPE), *tiny_overrides(request.getfixturevalue("small_demo"), run_dir,
+                                                           steps=steps, **extra)]
+    # Seed 2 draws image-text and audio-text micro-batches on both sides of the kill (steps 1-3 and 4-9).
+    return ["train", str(BIND_RECIPE), *corpora_overrides(request.getfixturevalue("small_corpora"), run_dir,
+                                                          steps=steps, seed=2, **extra)]
+
+
+@pytest.mark.parametrize("kind", ["demo", "two_corpora"])
+def test_killed_run_resumes_to_the_same_weights(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     steps, extra = 9, {"train.save_every": 3, "train.keep_last": 5}
     straight = tmp_path / "straight"
-    done = run_cli(["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, straight, steps=steps, **extra)])
+    done = run_cli(_recipe_args(kind, request, straight, steps, **extra))
     assert done.returncode == 0, done.stderr[-4000:]
 
     killed = tmp_path / "killed"
-    args = ["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, killed, steps=steps, **extra)]
+    args = _recipe_args(kind, request, killed, steps, **extra)
     proc = subprocess.Popen([sys.executable, "-m", "mmembed", *args], cwd=REPO, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -75,6 +110,9 @@ def test_killed_run_resumes_to_the_same_weights(small_demo: Path, tmp_path: Path
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    if kind == "two_corpora":  # both sources fed the run, each decoding only its own modalities
+        last = json.loads((killed / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["source/image_text/batch_share"] + last["source/audio_text/batch_share"] == pytest.approx(1)
 
 
 def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_demo: Path, tmp_path: Path) -> None:

@@ -52,3 +52,21 @@ def run_cli(args: list[str], timeout: float = 600, **kwargs: object) -> subproce
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "mmembed", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False, **kwargs)
+
+
+BIND_RECIPE = REPO / "recipes" / "trimodal_bind.yaml"
+
+
+def corpora_overrides(corpora: Path, run_dir: Path, steps: int = 6, **extra: object) -> list[str]:
+    """Shrink the two-corpora recipe (trimodal_bind): the test's corpora, small batches, no evaluation."""
+    def shards(name: str) -> str:
+        return "[" + ",".join(f'"{s}"' for s in sorted((corpora / name).glob("*.tar"))) + "]"
+
+    values: dict[str, object] = {
+        "output_dir": str(run_dir), "train.steps": steps, "train.log_every": 1, "train.save_every": 0,
+        "data.batch_size": 8, "data.num_workers": 2, "data.train.0.urls": shards("image_text"),
+        "data.train.1.urls": shards("audio_text"), "optim.warmup_steps": 2, "eval.every": 0,
+        "eval.zeroshot": "[]", "eval.retrieval": "[]",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from mmembed.config.checks import at_least
+
 
 @dataclass
 class ZeroShotTask:
@@ -26,11 +28,16 @@ class ZeroShotTask:
 
 @dataclass
 class RetrievalTask:
+    """Item i of modality a matches item i of modality b (Recall@k both ways)."""
+
     name: str = MISSING
     urls: list[str] = MISSING
     a: str = "image"
     b: str = "text"
     note: str = ""
+    # Optional integer sample key (e.g. a scene or class id): also report label_R@k, the fraction of queries
+    # with a candidate of their own label among the top k, for sets where many items show the same thing.
+    label_key: str | None = None
 
 
 @dataclass
@@ -47,3 +54,9 @@ class EvalConfig:
     # At the end of training: write <output_dir>/plots (training curves, a confusion matrix per zero-shot
     # task) next to summary.txt. The summary itself is always printed and written.
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        at_least("eval", 0, every=self.every, num_workers=self.num_workers)
+        at_least("eval", 1, batch_size=self.batch_size, retrieval_chunk_size=self.retrieval_chunk_size)
+        for k in self.retrieval_ks:
+            at_least("eval", 1, retrieval_ks=k)

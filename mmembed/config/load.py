@@ -48,12 +48,24 @@ def load_structured(cls: type[T], path: str | Path, overrides: Sequence[str] = (
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
-    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
     for item in overrides:
         _apply_override(tree, item)
-    return structured_from_dict(cls, tree)
+    return structured_from_dict(cls, _resolved(tree, path))
+
+
+def _resolved(tree: dict, path: Path) -> dict:
+    """Interpolations (`${paths.data}`, `${oc.env:VAR,default}`) resolved after the overrides, so that an
+    override of a root reaches every value built from it (mmembed.config.paths)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    except Exception as err:  # omegaconf's interpolation and grammar errors carry the key
+        key = getattr(err, "full_key", None)
+        where = f" at '{key}'" if key else ""
+        raise ConfigError(f"recipe {path}{where}: {getattr(err, 'msg', err)}. Interpolations read other keys "
+                          "(${paths.data}) or environment variables (${oc.env:NAME,default})") from err
 
 
 def recipe_to_yaml(config: ExperimentConfig) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from mmembed.config.checks import at_least
+
 
 @dataclass
 class TowerSpec:
@@ -76,3 +78,6 @@ class ModelConfig:
     # Extra batch keys encoded by an existing modality's tower and head, e.g. {"text_syn": "text"} for
     # MobileCLIP's synthetic-caption term. Pairs may name an alias; it shares its base modality's logit scale.
     input_aliases: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        at_least("model", 1, embed_dim=self.embed_dim, max_logit_scale=self.max_logit_scale)

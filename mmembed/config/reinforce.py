@@ -1,4 +1,5 @@
-"""Reinforced-dataset build recipe (DESIGN.md section 3): inputs, teachers, augmentations, captioner, storage.
+"""Reinforced-dataset build recipe: inputs, teachers, augmentations, captioner, storage (docs/design.md,
+"Reinforced datasets").
 
     mmembed reinforce recipes/reinforce_demo.yaml            # build (resumable; accelerate launch splits shards)
     mmembed reinforce --verify data/demo_reinforced          # check counts, checksums, shapes and a replay
@@ -11,7 +12,9 @@ from typing import Any
 
 from omegaconf import MISSING
 
-# The RandAugment ops a record may name (mmembed.reinforce.augment implements each).
+from mmembed.config.paths import PathsConfig
+
+# The RandAugment ops a record may name (mmembed.reinforced_format.augment implements each).
 DEFAULT_RANDAUG_OPS = [
     "Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize", "Contrast",
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
@@ -98,6 +101,7 @@ class ReinforceConfig:
     # Plain input shards (brace patterns allowed); one output shard is written per input shard.
     input: list[str] = MISSING
     output_dir: str = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)  # roots for interpolation (mmembed.config.paths)
     # "image" (image-text teachers) or "audio" (audio-text teachers).
     modality: str = "image"
     teachers: list[TeacherSpec] = field(default_factory=list)

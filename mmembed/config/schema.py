@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from mmembed.config.data import DataConfig, ShardSource
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
 from mmembed.config.model import HeadSpec, ModalityConfig, ModelConfig, PairConfig, TowerSpec
+from mmembed.config.paths import PathsConfig
 from mmembed.config.train import OptimConfig, TrainConfig
 
 HeadConfig = HeadSpec
@@ -21,6 +22,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PairConfig",
+    "PathsConfig",
     "RetrievalTask",
     "ShardSource",
     "TowerSpec",
@@ -34,6 +36,7 @@ class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     output_dir: str = "runs/experiment"
+    paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

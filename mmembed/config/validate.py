@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
+from mmembed.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that does not fit the schema."""
 
 
@@ -77,4 +79,15 @@ def structured_from_dict(cls: type[T], data: dict[str, Any], where: str = "") ->
         merged = OmegaConf.merge(OmegaConf.structured(cls), data)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except Exception as err:  # OmegaConf raises many types; re-raise as one readable error.
-        raise ConfigError(f"invalid config at '{where or '<root>'}': {err}") from err
+        raise ConfigError(_describe(err, where)) from err
+
+
+def _describe(err: Exception, where: str) -> str:
+    """One line naming the offending key: OmegaConf's `full_key`, else the key in a __post_init__ message."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    key = getattr(err, "full_key", None)
+    if key:
+        key = f"{where}.{key}" if where else key
+        return f"invalid value for '{key}': {message}. Fix it in the recipe or with {key}=VALUE"
+    # Dataclass checks (__post_init__) raise ValueError whose message starts with the key they check.
+    return f"invalid config at '{where}': {message}" if where else f"invalid recipe: {message}"

@@ -1,4 +1,4 @@
-"""WebDataset data pipeline: shards -> decoded, preprocessed dict batches (DESIGN.md section 1)."""
+"""WebDataset data pipeline: shards -> decoded, preprocessed dict batches (docs/design.md)."""
 
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
 from mmembed.data.loaders import build_eval_loader, build_train_loader

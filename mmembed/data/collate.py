@@ -1,4 +1,4 @@
-"""Preprocessed samples -> one dict batch (DESIGN.md section 1, "Batches")."""
+"""Preprocessed samples -> one dict batch (docs/design.md, "Batches and the data pipeline")."""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ from PIL import Image, UnidentifiedImageError
 
 # Fields of a JSON caption record, in the order they are tried.
 JSON_TEXT_FIELDS = ("caption", "text")
+# Integer formats decode to [-1, 1); float WAV/FLAC may exceed it a little after mixing, but a peak 40 dB over
+# full scale is corruption (1e30 turned a whole batch's loss non-finite before this check).
+MAX_ABS_AMPLITUDE = 100.0
 
 
 class DecodeError(ValueError):
@@ -22,14 +25,49 @@ class DecodeError(ValueError):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """JPEG/PNG/WebP (anything PIL reads) -> fully loaded RGB image."""
+    """JPEG/PNG/WebP (anything PIL reads) -> fully loaded 8-bit RGB image (see `to_rgb` for the modes)."""
     try:
         image = Image.open(io.BytesIO(data))
         # PIL decodes lazily; load() here makes truncated files fail now, not inside a transform later.
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DecodeError(f"unreadable image ({len(data)} bytes): {err}") from err
+
+
+# 16- and 32-bit integer grey modes; their values are read as 16-bit levels (0..65535).
+WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Modes with an alpha channel; P, L and RGB carry transparency in image.info instead.
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+# What transparent pixels are composited onto (img2dataset, which built LAION and DataComp, does the same).
+MATTE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB with the intended brightness.
+
+    `convert("RGB")` alone clips 16-bit grey (I;16, I) to white and drops transparency, showing whatever
+    colour hides under transparent pixels. Here 16-bit grey is scaled by 255/65535, float grey (F) is read as
+    [0, 1] (or [0, 255] when it exceeds 1), and transparent or translucent pixels are composited onto white.
+    CMYK, 1, L, YCbCr, ... use PIL's own conversion.
+    """
+    if image.mode in WIDE_INT_MODES:
+        levels = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) * (255.0 / 65535.0)
+        return _grey_to_rgb(levels)
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return _grey_to_rgb(values * scale)
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*MATTE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _grey_to_rgb(levels: np.ndarray) -> Image.Image:
+    grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.stack([grey] * 3, axis=-1)), "RGB")
 
 
 def decode_text(data: bytes, ext: str = "txt") -> str:
@@ -72,9 +110,13 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
         raise DecodeError(f"unreadable audio ({len(data)} bytes): {err}") from err
     if frames.shape[0] == 0:
         raise DecodeError("audio has no frames")
-    waveform = frames.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(waveform).all():
+    if not np.isfinite(frames).all():
         raise DecodeError("audio contains NaN or infinite samples")
+    peak = float(np.abs(frames).max())
+    if peak > MAX_ABS_AMPLITUDE:
+        raise DecodeError(f"audio peak amplitude {peak:.3g} exceeds {MAX_ABS_AMPLITUDE:g} (decoded audio lies in "
+                          "[-1, 1]; a float file this loud is corrupt or not normalised)")
+    waveform = frames.mean(axis=1, dtype=np.float32)
     return np.ascontiguousarray(waveform), int(sample_rate)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from mmembed.config.validate import ConfigError
 from mmembed.data.rng import derive_rng
 
 
@@ -93,7 +94,7 @@ class SinglePassPlan:
 def check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> None:
     needed = world_size * max(num_workers, 1)
     if num_shards < needed:
-        raise ValueError(
+        raise ConfigError(
             f"resampled: false needs at least world_size x num_workers = {world_size} x {max(num_workers, 1)}"
             f" = {needed} shards so every worker of every rank gets one, but there are only {num_shards}; "
             f"write smaller shards, lower data.num_workers, or set data.resampled: true")

@@ -11,7 +11,6 @@ Every choice draws from `random.Random(sample_seed)`, the pipeline's per-sample 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,15 +19,14 @@ from typing import Any
 import torch
 
 from mmembed.config.data import ReinforcedDataConfig
-from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_text
+from mmembed.data.decode import DecodeError, decode_text
 from mmembed.data.rng import seeded_global_rngs
-from mmembed.data.samples import INDEX_KEY, Preprocessor, SkipSample, _int_member
+from mmembed.data.samples import INDEX_KEY, MODALITY_DECODERS, SkipSample, _int_member
 from mmembed.data.tar_samples import RawSample
-from mmembed.reinforce.augment import AugRecord
-from mmembed.reinforce.codec import decode_array
-from mmembed.reinforce.embed import MEDIA_EMB, PAUG, SYN, TEXT_EMB, AudioCrops
-from mmembed.reinforce.replay_params import replay_from_transform
-from mmembed.reinforce.sample_build import stored_augs
+from mmembed.reinforced_format.codec import decode_array
+from mmembed.reinforced_format.media import MEDIA, MediaFormat, StudentView
+from mmembed.reinforced_format.members import TEXT_EMB, stored_syn
+from mmembed.types import Preprocessor
 
 
 class MissingReinforcedKey(KeyError):
@@ -46,16 +44,21 @@ class ReinforcedSampleDecoder:
     keys: Mapping[str, Sequence[str]]
     cfg: ReinforcedDataConfig
     extra_keys: Sequence[str] = ()
-    media: str = field(init=False)
+    medium: MediaFormat = field(init=False)
+    _view: StudentView = field(init=False)
 
     def __post_init__(self) -> None:
-        media = [m for m in ("image", "audio") if m in self.preprocessors]
+        media = [m for m in MEDIA if m in self.preprocessors]
         if len(media) != 1 or "text" not in self.preprocessors:
-            raise ValueError(f"reinforced data needs the text tower and exactly one of image/audio; the model "
-                             f"preprocesses {sorted(self.preprocessors)}")
-        self.media = media[0]
-        self._replay = (replay_from_transform(self.preprocessors["image"], "student image preprocessor")
-                        if self.media == "image" else None)
+            raise ValueError(f"reinforced data needs the text tower and exactly one of {sorted(MEDIA)}; the "
+                             f"model preprocesses {sorted(self.preprocessors)}")
+        self.medium = MEDIA[media[0]]
+        self._view = self.medium.student_view(self.preprocessors[self.medium.name])
+
+    @property
+    def media(self) -> str:
+        """The stored medium's modality name ("image" or "audio")."""
+        return self.medium.name
 
     @property
     def batch_fields(self) -> list[str]:
@@ -85,12 +88,11 @@ class ReinforcedSampleDecoder:
 
     def __call__(self, raw: RawSample, sample_seed: int, restore_rngs: bool = True) -> dict[str, Any]:
         where = f"{raw['__url__']} sample {raw['__key__']}"
-        emb_name = MEDIA_EMB[self.media]
-        aug_name = PAUG if self.media == "image" else "acrop.json"
-        emb_bytes, text_bytes = self._require(raw, emb_name), self._require(raw, TEXT_EMB)
-        augs = stored_augs({aug_name: self._require(raw, aug_name)}, self.media)
-        syn = list(json.loads(raw[SYN])["syn_text"]) if SYN in raw else []
-        media_emb, _ = decode_array(emb_bytes, f"{where} {emb_name}")
+        medium = self.medium
+        emb_bytes, text_bytes = self._require(raw, medium.emb_member), self._require(raw, TEXT_EMB)
+        records = medium.read_records({medium.records_member: self._require(raw, medium.records_member)})
+        syn = stored_syn(raw)
+        media_emb, _ = decode_array(emb_bytes, f"{where} {medium.emb_member}")
         text_emb, _ = decode_array(text_bytes, f"{where} {TEXT_EMB}")
         if text_emb.shape[0] != 1 + len(syn):
             raise ValueError(f"{where}: {TEXT_EMB} has {text_emb.shape[0]} rows for 1 + {len(syn)} captions")
@@ -105,7 +107,7 @@ class ReinforcedSampleDecoder:
                 raise SkipSample(f"missing key '{name}'")
             sample[name] = _int_member(raw, name)
         with seeded_global_rngs(sample_seed, restore=restore_rngs):
-            sample[self.media] = self._media(raw, augs, k)
+            sample[self.media] = self._media(raw, records, k)
             sample["text"] = self.preprocessors["text"](captions[text_row])
             teacher = {self.media: torch.from_numpy(media_emb[k]), "text": torch.from_numpy(text_emb[text_row])}
             if self.cfg.captions == "two_term":
@@ -122,15 +124,10 @@ class ReinforcedSampleDecoder:
         except DecodeError as err:
             raise SkipSample(f"text member '{ext}': {err}") from err
 
-    def _media(self, raw: RawSample, augs: Any, k: int) -> Any:
+    def _media(self, raw: RawSample, records: Any, k: int) -> Any:
         ext, data = self._member(raw, self.media)
         try:
-            value = decode_image(data) if self.media == "image" else decode_audio(data)
+            value = MODALITY_DECODERS[self.media](data, ext)
         except DecodeError as err:
             raise SkipSample(f"{self.media} member '{ext}': {err}") from err
-        if self.media == "image":
-            record: AugRecord = augs[k]
-            assert self._replay is not None
-            return self._replay(value, record)
-        crops: AudioCrops = augs
-        return self.preprocessors["audio"]((crops.clip(value[0], k), value[1]))
+        return self._view(value, records, k)

@@ -16,6 +16,9 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from mmembed.data.stream import ERROR_FIELD, STATS_FIELD
+from mmembed.errors import DataError
+
 
 @dataclass(frozen=True)
 class ResumePoint:
@@ -60,14 +63,31 @@ def rotate_workers(batches: Iterator[Batch], first: int, num_workers: int) -> It
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose round-robin over workers starts at `first_worker` (see the module docstring)."""
+    """A DataLoader whose round-robin over workers starts at `first_worker` (see the module docstring).
+
+    It also consumes the streams' marker batches (mmembed.data.stream): an error marker raises DataError
+    with the worker's one-line message; end-of-stream counts are summed into `skip_counts` ({"samples",
+    "members", "shards"} skipped over a finished pass, e.g. an evaluation).
+    """
 
     def __init__(self, *args: Any, first_worker: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.first_worker = first_worker
+        self.skip_counts: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        batches = super().__iter__()
+        self.skip_counts = {}
+        batches = self._without_markers(super().__iter__())
         if self.first_worker == 0 or self.num_workers <= 1:
             return batches
         return rotate_workers(batches, self.first_worker, self.num_workers)
+
+    def _without_markers(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            if ERROR_FIELD in batch:
+                raise DataError(batch[ERROR_FIELD])
+            if STATS_FIELD in batch:
+                for kind, count in batch[STATS_FIELD].items():
+                    self.skip_counts[kind] = self.skip_counts.get(kind, 0) + int(count)
+                continue
+            yield batch

@@ -9,9 +9,8 @@ from typing import Any, Protocol
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_int, decode_text
 from mmembed.data.rng import seeded_global_rngs
 from mmembed.data.tar_samples import RawSample
+from mmembed.types import Preprocessor, ReadsModality
 
-# A per-sample preprocessor from the towers: PIL image | str | (waveform, sample_rate) -> tensor(s).
-Preprocessor = Callable[[Any], Any]
 # (member bytes, member extension) -> the value a modality's preprocessor receives.
 MemberDecoder = Callable[[bytes, str], Any]
 
@@ -47,7 +46,20 @@ class Decoder(Protocol):
 
 
 class SkipSample(Exception):
-    """A sample that cannot be used (missing or corrupt member); the reason names what is wrong."""
+    """A sample that cannot be used (missing or corrupt member); the message names what is wrong.
+
+    `reason` is the short cause that skips are grouped by (logging, the stall error): by default the message
+    up to its first " (" or ": ", e.g. "missing text" or "image member 'jpg'".
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or _short_reason(message)
+
+
+def _short_reason(message: str) -> str:
+    cuts = [i for i in (message.find(" ("), message.find(": ")) if i > 0]
+    return message[: min(cuts)] if cuts else message
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,18 @@ class SampleDecoder:
     extra_keys: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.preprocessors if m not in MODALITY_DECODERS]
+        unknown = [m for m in self.preprocessors if self.reads(m) not in MODALITY_DECODERS]
         if unknown:
             raise ValueError(f"no decoder for modalities {unknown}; known: {sorted(MODALITY_DECODERS)}")
-        no_keys = [m for m in self.preprocessors if not self.keys.get(m)]
+        no_keys = [m for m in self.preprocessors if not self.keys.get(self.reads(m))]
         if no_keys:
             raise ValueError(f"no sample keys configured for modalities {no_keys}")
+
+    def reads(self, field: str) -> str:
+        """The data modality whose member feeds batch field `field`: the field itself unless its preprocessor
+        is a `ReadsModality` naming another (a second text tower reading the caption)."""
+        preprocessor = self.preprocessors[field]
+        return preprocessor.reads if isinstance(preprocessor, ReadsModality) else field
 
     def __call__(self, raw: RawSample, sample_seed: int, restore_rngs: bool = True) -> dict[str, Any]:
         """Decode and preprocess; augmentations draw from global RNGs seeded with `sample_seed`."""
@@ -83,7 +101,7 @@ class SampleDecoder:
         decoded = {}
         for modality, (ext, data) in members.items():
             try:
-                decoded[modality] = MODALITY_DECODERS[modality](data, ext)
+                decoded[modality] = MODALITY_DECODERS[self.reads(modality)](data, ext)
             except DecodeError as err:
                 raise SkipSample(f"{modality} member '{ext}': {err}") from err
         with seeded_global_rngs(sample_seed, restore=restore_rngs):
@@ -97,11 +115,12 @@ class SampleDecoder:
         return list(self.preprocessors)
 
     def _member(self, raw: RawSample, modality: str) -> tuple[str, bytes]:
-        for ext in self.keys[modality]:
+        keys = self.keys[self.reads(modality)]
+        for ext in keys:
             if ext in raw:
                 return ext, raw[ext]
         present = sorted(k for k in raw if not k.startswith("__"))
-        raise SkipSample(f"missing {modality} (none of {list(self.keys[modality])}; has {present})")
+        raise SkipSample(f"missing {modality} (none of {list(keys)}; has {present})")
 
     def _preprocess(self, modality: str, value: Any, key: str) -> Any:
         try:

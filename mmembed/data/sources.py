@@ -10,6 +10,7 @@ from pathlib import Path
 import braceexpand
 
 from mmembed.config.data import ShardSource
+from mmembed.errors import MissingFileError
 
 SIZES_FILE = "sizes.json"
 
@@ -33,14 +34,15 @@ def check_local_shards(urls: Sequence[str]) -> None:
     missing = [url for url in urls if is_local(url) and not os.path.isfile(url)]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shard files do not exist: {shown}")
+        raise MissingFileError(f"{len(missing)} of {len(urls)} shard files do not exist: {shown}; check the shard "
+                               "paths (data.train[*].urls / --data), relative paths start at the current folder")
 
 
 def read_sizes(shard_dir: str | Path) -> dict[str, int]:
     """The `sizes.json` of a shard directory: shard file name -> number of samples."""
     path = Path(shard_dir) / SIZES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {SIZES_FILE} in {shard_dir}; write shards with data_tools or set "
+        raise MissingFileError(f"no {SIZES_FILE} in {shard_dir}; write shards with data_tools or set "
                                 f"num_samples on the source")
     sizes = json.loads(path.read_text())
     if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):

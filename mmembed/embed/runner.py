@@ -13,13 +13,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import default_collate
-from tqdm import tqdm
 
 from mmembed.data.decode import DecodeError
 from mmembed.embed.sources import Item, Part, resolve_parts
 from mmembed.embed.store import EmbeddingStore
 from mmembed.export.loader import OnnxTower, load_tower, read_export_config
-from mmembed.towers.base import Preprocessor
+from mmembed.progress import Progress, progress
+from mmembed.types import Preprocessor
 
 log = logging.getLogger("mmembed.embed")
 
@@ -78,35 +78,44 @@ class EmbedSummary:
 
 
 def _batches(items: Iterator[Item], pre: Preprocessor, size: int,
-             errors: list[dict[str, str]]) -> Iterator[tuple[list[str], Any]]:
-    ids: list[str] = []
+             errors: list[dict[str, str]]) -> Iterator[tuple[list[Item], Any]]:
+    done: list[Item] = []
     values: list[Any] = []
-    for key, load in items:
+    for item in items:
         try:
-            values.append(pre(load()))
-            ids.append(key)
+            values.append(pre(item.load()))
+            done.append(item)
         except (DecodeError, OSError) as err:
             # A corrupt or unreadable item is reported and skipped; the rest of the part goes on.
-            log.warning("cannot embed %s: %s", key, err)
-            errors.append({"id": key, "error": str(err)})
+            log.warning("cannot embed %s: %s", item.id, err)
+            errors.append({"id": item.id, "error": str(err)})
         if len(values) == size:
-            yield ids, default_collate(values)
-            ids, values = [], []
+            yield done, default_collate(values)
+            done, values = [], []
     if values:
-        yield ids, default_collate(values)
+        yield done, default_collate(values)
 
 
-def embed_part(part: Part, encoder: Encoder, batch_size: int,
-               bar: tqdm) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
-    errors: list[dict[str, str]] = []
-    all_ids: list[str] = []
-    chunks: list[np.ndarray] = [np.zeros((0, encoder.embed_dim), np.float32)]
-    for ids, batch in _batches(part.items(), encoder.preprocess, batch_size, errors):
+@dataclass
+class PartResult:
+    ids: list[str]
+    embeddings: np.ndarray
+    errors: list[dict[str, str]]
+    # Per embedded item, what a search hit shows (sources.Item.about).
+    about: list[dict[str, str]]
+
+
+def embed_part(part: Part, encoder: Encoder, batch_size: int, bar: Progress) -> PartResult:
+    result = PartResult([], np.zeros((0, encoder.embed_dim), np.float32), [], [])
+    chunks = [result.embeddings]
+    for items, batch in _batches(part.items(), encoder.preprocess, batch_size, result.errors):
         chunks.append(encoder(batch))
-        all_ids += ids
-        bar.update(len(ids))
-    bar.update(len(errors))
-    return all_ids, np.concatenate(chunks), errors
+        result.ids += [item.id for item in items]
+        result.about += [item.about for item in items]
+        bar.update(len(items))
+    bar.update(len(result.errors))
+    result.embeddings = np.concatenate(chunks)
+    return result
 
 
 def embed(export_dir: str | Path, inputs: list[str], out: str | Path, *, modality: str | None = None,
@@ -126,10 +135,10 @@ def embed(export_dir: str | Path, inputs: list[str], out: str | Path, *, modalit
     encoder = open_encoder(root, modality, backend, device) if todo else None
     sizes = [p.size for p in todo]
     total = None if None in sizes else sum(s for s in sizes if s is not None)
-    with tqdm(total=total, desc=f"embed {modality}", unit="item") as bar:
+    with progress(total=total, desc=f"embed {modality}", unit="item") as bar:
         for part in todo:
-            ids, emb, errors = embed_part(part, encoder, batch_size, bar)
-            store.write_part(part.name, ids, emb, errors)
+            done = embed_part(part, encoder, batch_size, bar)
+            store.write_part(part.name, done.ids, done.embeddings, done.errors, done.about)
     output = store.finalize([p.name for p in parts])
     counts = [store.done[p.name] for p in parts]
     return EmbedSummary(output, sum(c["count"] for c in counts), sum(c["errors"] for c in counts),

@@ -1,6 +1,8 @@
 """What `mmembed embed` reads: a folder of files, a CSV / JSONL table of texts, or WebDataset shards, each
-split into numbered parts (the unit of resumption). An item is (id, load) where `load()` returns the
-decoded value (PIL image, str, or (waveform, sample_rate)) or raises DecodeError."""
+split into numbered parts (the unit of resumption). An item is (id, load, about): `load()` returns the decoded
+value (PIL image, str, or (waveform, sample_rate)) or raises DecodeError; `about` is what a search hit shows
+for it: {"path": file} for a folder's files, {"caption": text} for texts and captioned shard samples, else
+{"shard": url}."""
 
 from __future__ import annotations
 
@@ -9,11 +11,17 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mmembed.data.decode import DecodeError, decode_audio, decode_image, decode_text
+from mmembed.errors import MissingFileError
 
-Item = tuple[str, Callable[[], Any]]
+
+class Item(NamedTuple):
+    id: str
+    load: Callable[[], Any]
+    about: dict[str, str]
+
 
 # File suffixes (lower case) a folder contributes for each modality; other files are ignored.
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -42,14 +50,14 @@ class Part:
 
 
 def _file_item(path: Path, key: str, modality: str) -> Item:
-    return key, lambda: DECODERS[modality](path.read_bytes(), path.suffix.lstrip("."))
+    return Item(key, lambda: DECODERS[modality](path.read_bytes(), path.suffix.lstrip(".")), {"path": str(path)})
 
 
 def folder_parts(root: Path, modality: str, part_size: int) -> list[Part]:
     """Every file under `root` with a suffix of `modality`, sorted; ids are paths relative to `root`."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES[modality])
     if not files:
-        raise FileNotFoundError(f"no {modality} files ({', '.join(SUFFIXES[modality])}) under {root}")
+        raise MissingFileError(f"no {modality} files ({', '.join(SUFFIXES[modality])}) under {root}")
     items = [_file_item(p, p.relative_to(root).as_posix(), modality) for p in files]
     return _chunk(items, part_size)
 
@@ -83,7 +91,9 @@ def table_parts(path: Path, text_column: str, id_column: str | None, part_size: 
     for i, row in enumerate(_rows(path)):
         if id_column is not None and id_column not in row:
             raise ValueError(f"{path}: row {i} has no id column '{id_column}'; columns: {sorted(row)}")
-        items.append((str(row[id_column]) if id_column else str(i), _text_value(row, text_column)))
+        text = row.get(text_column)
+        about = {"caption": text.strip()} if isinstance(text, str) else {}
+        items.append(Item(str(row[id_column]) if id_column else str(i), _text_value(row, text_column), about))
     if not items:
         raise ValueError(f"{path} holds no rows")
     return _chunk(items, part_size)
@@ -96,10 +106,21 @@ def _shard_items(url: str, modality: str) -> Iterator[Item]:
     for sample in shard_samples(url, SkipStats()):
         ext = next((e for e in SHARD_KEYS[modality] if e in sample), None)
         key = f"{sample['__key__']}"
+        about = _sample_caption(sample) or {"shard": url}
         if ext is None:
-            yield key, _missing(modality, sample)
+            yield Item(key, _missing(modality, sample), about)
         else:
-            yield key, (lambda data=sample[ext], ext=ext: DECODERS[modality](data, ext))
+            yield Item(key, lambda data=sample[ext], ext=ext: DECODERS[modality](data, ext), about)
+
+
+def _sample_caption(sample: dict[str, Any]) -> dict[str, str] | None:
+    ext = next((e for e in SHARD_KEYS["text"] if e in sample), None)
+    if ext is None:
+        return None
+    try:
+        return {"caption": decode_text(sample[ext], ext)}
+    except DecodeError:
+        return None
 
 
 def _missing(modality: str, sample: dict[str, Any]) -> Callable[[], Any]:
@@ -137,6 +158,6 @@ def resolve_parts(inputs: list[str], modality: str, part_size: int, text_column:
     urls = expand_urls(inputs)
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
-        raise FileNotFoundError(f"inputs not found (expected a folder, a .csv/.tsv/.jsonl file or .tar shards): "
+        raise MissingFileError(f"inputs not found (expected a folder, a .csv/.tsv/.jsonl file or .tar shards): "
                                 f"{missing[:5]}")
     return shard_parts(urls, modality)

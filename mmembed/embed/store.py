@@ -6,7 +6,8 @@ Layout of OUT:
     parts/part-000000.npy    float16/float32 [n, D]    parts/part-000000.ids.txt   one id per line
     parts/part-000000.parquet (format parquet: columns id, embedding)
     parts/part-000000.errors.jsonl   {"id", "error"} for every item that could not be embedded
-    embeddings.npy + ids.txt | embeddings.parquet, errors.jsonl   (written by `finalize`)
+    parts/part-000000.about.jsonl    per embedded row, what a search hit shows: {"path"} | {"caption"} | {"shard"}
+    embeddings.npy + ids.txt | embeddings.parquet, errors.jsonl, about.jsonl   (written by `finalize`)
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 import numpy as np
 
 from mmembed.checkpoint import atomic_write_text
+from mmembed.errors import MissingFileError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+ABOUT_FILE = "about.jsonl"
+ABOUT_SUFFIX = ".about.jsonl"
 
 
 def _write_npy(path: Path, ids: list[str], emb: np.ndarray) -> None:
@@ -65,10 +69,14 @@ class EmbeddingStore:
                                  f"this run has {self.settings}. Use another --out or delete it")
             self.done = progress["done"]
 
-    def write_part(self, name: str, ids: list[str], emb: np.ndarray, errors: list[dict[str, str]]) -> None:
+    def write_part(self, name: str, ids: list[str], emb: np.ndarray, errors: list[dict[str, str]],
+                   about: list[dict[str, str]] | None = None) -> None:
         # Data first, progress last: a run killed in between redoes the part instead of trusting half of it.
         base = self.root / "parts" / name
         atomic_write_text(base.with_suffix(".errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errors))
+        about = about if about is not None else [{} for _ in ids]
+        # ASCII JSON (non-ASCII escaped): the file reads the same under any locale.
+        atomic_write_text(base.with_suffix(ABOUT_SUFFIX), "".join(json.dumps(a) + "\n" for a in about))
         WRITERS[self.fmt](base, ids, emb.astype(self.dtype, copy=False))
         self.done[name] = {"count": len(ids), "errors": len(errors)}
         atomic_write_text(self.progress_path, json.dumps({"settings": self.settings, "done": self.done},
@@ -78,6 +86,7 @@ class EmbeddingStore:
         """Merge the parts (in order) into one matrix + ids and one errors.jsonl; returns the matrix path."""
         errors = "".join((self.root / "parts" / f"{n}.errors.jsonl").read_text() for n in names)
         atomic_write_text(self.root / "errors.jsonl", errors)
+        atomic_write_text(self.root / ABOUT_FILE, "".join(self._part_about(n) for n in names))
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -87,6 +96,11 @@ class EmbeddingStore:
             pq.write_table(pa.concat_tables(tables), self.root / "embeddings.parquet")
             return self.root / "embeddings.parquet"
         return self._merge_npy(names)
+
+    def _part_about(self, name: str) -> str:
+        path = self.root / "parts" / f"{name}{ABOUT_SUFFIX}"
+        # A part finished by a version that kept no descriptions: empty ones keep the rows aligned.
+        return path.read_text() if path.is_file() else "{}\n" * self.done[name]["count"]
 
     def _merge_npy(self, names: list[str]) -> Path:
         arrays = [np.load(self.root / "parts" / f"{n}.npy", mmap_mode="r") for n in names]
@@ -113,6 +127,15 @@ def read_embeddings(root: str | Path) -> tuple[np.ndarray, list[str]]:
         emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
         return emb, [str(i) for i in table.column("id").to_pylist()]
     if not (root / "embeddings.npy").is_file():
-        raise FileNotFoundError(f"no embeddings.npy or embeddings.parquet in {root} (is the embed run done?)")
+        raise MissingFileError(f"no embeddings.npy or embeddings.parquet in {root} (is the embed run done?)")
     ids = (root / "ids.txt").read_text().splitlines()
     return np.load(root / "embeddings.npy").astype(np.float32), ids
+
+
+def read_about(root: str | Path) -> list[dict[str, str]] | None:
+    """Per row of a finished run, what a search hit shows ({"path"}, {"caption"} or {"shard"}); None for
+    outputs written before descriptions were kept."""
+    path = Path(root) / ABOUT_FILE
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -7,7 +7,7 @@ that evaluation during training runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +15,26 @@ import torch
 from safetensors.numpy import load_file
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.errors import MissingFileError, UsageError
 from mmembed.eval.evaluate import LoaderFactory, TaskResult, run_tasks
 from mmembed.eval.plots import plot_confusion_matrix, plot_temperature_histogram, plot_training_curves
 from mmembed.eval.table import format_table
-from mmembed.eval.templates import PLACEHOLDER
+from mmembed.eval.templates import PLACEHOLDER, render, resolve_templates
 
 CLASSNAMES_FILE = "classnames.txt"
 METRICS_FILE = "metrics.jsonl"
 # A training checkpoint keeps the loss state next to its model/ folder (mmembed.train.checkpointing).
 OBJECTIVE_FILE = "objective.safetensors"
-# Per-sample temperature tables (iSogCLR's SampleTable): `<module>.tau_<anchor>` and `<module>.visits`.
+# Per-sample temperature tables (iSogCLR's SampleTable): `<module>.tau_<side>` and `<module>.visits`, where
+# side a / b is the first / second modality of the pair whose key (`image__text`) names the loss module.
 TAU_PREFIX = "tau_"
 VISITS_NAME = "visits"
 
 TemperatureTables = dict[str, tuple[dict[str, np.ndarray], np.ndarray | None]]
+# `--templates` default: open_clip's OPENAI_IMAGENET_TEMPLATES (80 prompts), not what a recipe's eval uses.
+DEFAULT_TEMPLATES = "openai"
+# `--templates recipe`: the prompts of the checkpoint recipe's zero-shot task for the same modality.
+RECIPE_TEMPLATES = "recipe"
 
 
 @dataclass
@@ -41,6 +47,10 @@ class EvalRequest:
     modality: str
     pair: str
     batch_size: int
+    # The checkpoint recipe's zero-shot tasks (for `--templates recipe` and the note above the table).
+    recipe_zeroshot: list[ZeroShotTask] = field(default_factory=list)
+    # Retrieval: an integer sample key whose equal values also count as matches (label_R@k).
+    label_key: str | None = None
 
     @property
     def task_name(self) -> str:
@@ -58,6 +68,42 @@ def parse_templates_arg(arg: str) -> list[str]:
     return [name.strip() for name in arg.split(",") if name.strip()]
 
 
+def _recipe_task(request: EvalRequest) -> ZeroShotTask | None:
+    return next((t for t in request.recipe_zeroshot if t.modality == request.modality), None)
+
+
+def template_specs(request: EvalRequest) -> list[str]:
+    """What `--templates` names, with `recipe` replaced by the recipe's own task's templates."""
+    if request.templates != RECIPE_TEMPLATES:
+        return parse_templates_arg(request.templates)
+    task = _recipe_task(request)
+    if task is None:
+        names = [f"{t.name} ({t.modality})" for t in request.recipe_zeroshot]
+        raise ValueError(f"--templates recipe: the checkpoint's recipe has no zero-shot task for modality "
+                         f"'{request.modality}' (its tasks: {names or 'none'}); pass set names, a file or a "
+                         f"'...{PLACEHOLDER}...' template")
+    return list(task.templates)
+
+
+def templates_note(request: EvalRequest) -> str:
+    """The line printed above a zero-shot table: which prompts were used and, when they differ, the recipe's."""
+    used = [render(t, PLACEHOLDER) for t in resolve_templates(template_specs(request))]
+    task = _recipe_task(request)
+    if request.templates == DEFAULT_TEMPLATES:
+        source = f"set '{DEFAULT_TEMPLATES}' (OpenAI's ImageNet prompts, the --templates default)"
+    elif request.templates == RECIPE_TEMPLATES and task is not None:
+        source = f"the recipe's task '{task.name}'"
+    else:
+        source = repr(request.templates)
+    note = f"zero-shot prompts: {len(used)} templates from {source}"
+    own = [render(t, PLACEHOLDER) for t in resolve_templates(task.templates)] if task else used
+    if own != used:
+        shown = ", ".join(repr(t) for t in own[:3]) + (", ..." if len(own) > 3 else "")
+        note += (f"; the recipe's own eval ('{task.name}') uses {len(own)} others ({shown}), so training-time "
+                 f"numbers differ: --templates {RECIPE_TEMPLATES} uses them")
+    return note
+
+
 def _classnames_path(request: EvalRequest) -> Path:
     if request.classnames is not None:
         return request.classnames
@@ -67,24 +113,35 @@ def _classnames_path(request: EvalRequest) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} next "
+    raise MissingFileError(f"zero-shot needs class names: pass --classnames, or put {CLASSNAMES_FILE} next "
                             f"to the shards or one folder up (looked for {', '.join(map(str, candidates))})")
 
 
 def _zeroshot_config(request: EvalRequest) -> EvalConfig:
     task = ZeroShotTask(name=request.task_name, modality=request.modality, urls=list(request.data),
                         classnames=str(_classnames_path(request)),
-                        templates=parse_templates_arg(request.templates))
+                        templates=template_specs(request))
     return EvalConfig(batch_size=request.batch_size, zeroshot=[task])
 
 
 def _retrieval_config(request: EvalRequest) -> EvalConfig:
     parts = [p.strip() for p in request.pair.split(",")]
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
+        raise UsageError(f"--pair must name two modalities as 'a,b' (e.g. 'image,text'), "
                          f"got {request.pair!r}")
-    task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1])
+    task = RetrievalTask(name=request.task_name, urls=list(request.data), a=parts[0], b=parts[1],
+                         label_key=request.label_key)
     return EvalConfig(batch_size=request.batch_size, retrieval=[task])
+
+
+def untrained_pair_note(request: EvalRequest, trained: list[tuple[str, str]]) -> str:
+    """A line saying when a retrieval pair was never trained (binding through other pairs), else ''."""
+    a, b = (p.strip() for p in request.pair.split(","))
+    if any({a, b} == {x, y} for x, y in trained):
+        return ""
+    pairs = ", ".join(f"{x}-{y}" for x, y in trained) or "none"
+    return (f"{a}-{b} was never a trained pair of this model (its pairs: {pairs}): this retrieval measures the "
+            "binding of the two modalities through the pairs it did train")
 
 
 TASK_CONFIGS: dict[str, Callable[[EvalRequest], EvalConfig]] = {
@@ -109,8 +166,16 @@ def read_temperature_tables(objective_file: Path) -> TemperatureTables:
         module, _, name = key.rpartition(".")
         if name.startswith(TAU_PREFIX) and value.ndim == 1:
             taus, _ = tables.setdefault(module, ({}, state.get(f"{module}.{VISITS_NAME}")))
-            taus[name[len(TAU_PREFIX) :]] = value
+            taus[_anchor_name(module, name[len(TAU_PREFIX):])] = value
     return tables
+
+
+def _anchor_name(module: str, side: str) -> str:
+    """'a'/'b' -> the pair's modality, read from the loss module's key ('losses.image__text.state')."""
+    pair = next((part.split("__") for part in module.split(".") if "__" in part), None)
+    if pair is None or len(pair) != 2 or side not in ("a", "b"):
+        return side
+    return pair[0] if side == "a" else pair[1]
 
 
 def write_plots(results: list[TaskResult], model_dir: Path, plot_dir: Path) -> list[Path]:
@@ -145,22 +210,32 @@ def run_eval_command(
     device: torch.device | str | None = None,
     progress: bool = True,
     loader_factory: LoaderFactory | None = None,
+    label_key: str | None = None,
 ) -> dict[str, float]:
     """Load the model in `checkpoint_dir`, run one zero-shot or retrieval task, print and return metrics."""
     from mmembed.checkpoint import load_model, resolve_model_dir
 
     if task not in TASK_CONFIGS:
-        raise ValueError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
+        raise UsageError(f"unknown eval task '{task}'; choose from {', '.join(TASK_CONFIGS)}")
     if not data:
-        raise ValueError("no eval data given: pass shard urls")
-    request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size)
+        raise UsageError("no eval data given: pass shard urls")
+    model, config = load_model(checkpoint_dir)
+    request = EvalRequest(list(data), classnames, templates, modality, pair, batch_size,
+                          list(config.eval.zeroshot), label_key)
     eval_cfg = TASK_CONFIGS[task](request)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(checkpoint_dir)
     model.to(device)
     results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
     metrics = {name: value for result in results for name, value in result.metrics.items()}
+    if task == "zeroshot":
+        print(templates_note(request))
+    if task == "retrieval" and (note := untrained_pair_note(request, [(p.a, p.b) for p in config.model.pairs])):
+        print(note)
     print(format_table(metrics))
+    for result in results:
+        print(result.counts())
+        if result.chance_line():
+            print(result.chance_line())
     if plot_dir is not None:
         for path in write_plots(results, resolve_model_dir(checkpoint_dir), Path(plot_dir)):
             print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Computing embeddings for evaluation: inference mode, device transfer, batched text and loader passes.
+"""Computing embeddings for evaluation: inference mode, batched text and loader passes.
 
 Everything here talks to the model only through the public `encode(modality, inputs)` and
 `preprocessors(is_train)` methods, so it works for any MultiModalModel (or anything with those methods).
@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
-from tqdm import tqdm
 
-from mmembed.towers.base import Preprocessor, TowerInput
+from mmembed.device import to_device
+from mmembed.progress import progress_iter
+from mmembed.types import Preprocessor, TowerInput
 
 
 class EncodesModalities(Protocol):
@@ -25,17 +26,6 @@ class EncodesModalities(Protocol):
     def encode(self, modality: str, inputs: TowerInput) -> torch.Tensor: ...
 
     def preprocessors(self, is_train: bool) -> dict[str, Preprocessor]: ...
-
-
-def to_device(value: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or the tensors inside a dict/list (tokenizer output), to `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device) for v in value)
-    return value
 
 
 @contextmanager
@@ -97,7 +87,7 @@ def iterate_embeddings(
 
     The caller is responsible for inference mode (see `inference_mode`); this only moves and encodes.
     """
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch in progress_iter(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         missing = [m for m in modalities if m not in batch]
         if missing:
             raise KeyError(f"eval batch has no {missing} entries (batch keys: {', '.join(sorted(batch))})")

@@ -1,14 +1,15 @@
 """Run the zero-shot and retrieval tasks of an EvalConfig and name their metrics.
 
 Metric names: `zeroshot/<task>/{top1,top5,mean_per_class_recall}` and
-`retrieval/<task>/<a>_to_<b>_R@<k>` (both directions).
+`retrieval/<task>/<a>_to_<b>_R@<k>` (both directions; with a task's `label_key` also `..._label_R@<k>`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,11 +17,14 @@ import numpy as np
 import torch
 
 from mmembed.config.eval import EvalConfig, RetrievalTask, ZeroShotTask
+from mmembed.errors import DataError, MissingFileError, UnknownNameError, UsageError
 from mmembed.eval.embed import EncodesModalities, inference_mode, iterate_embeddings
-from mmembed.eval.retrieval import retrieval_metrics
+from mmembed.eval.retrieval import label_chance, label_retrieval_metrics, retrieval_metrics
 from mmembed.eval.templates import resolve_templates
 from mmembed.eval.zeroshot import build_zero_shot_classifier, run_zero_shot
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
+
+log = logging.getLogger("mmembed.eval")
 
 
 class LoaderFactory(Protocol):
@@ -47,19 +51,44 @@ class TaskResult:
     confusion: np.ndarray | None = None
     classnames: list[str] | None = None
     seconds: float = 0.0
-    # Samples evaluated (zero-shot) or pairs ranked (retrieval): what chance levels are computed from.
-    num_samples: int = 0
+    # Samples evaluated, and samples the loader skipped as corrupt or incomplete (None: the loader does not say).
+    samples: int = 0
+    skipped: int | None = None
+    unreadable_shards: int = 0
+    # Shown in the end-of-run summary under the task's numbers (the recipe's `note`).
     note: str = ""
+    # Retrieval: each recall's value under a random ranking ("R@5", "label_R@5"), printed beside the results.
+    chance: dict[str, float] = field(default_factory=dict)
+
+    def chance_line(self) -> str:
+        """'<kind>/<name> chance: R@1 0.0031, ...' (empty when the task has no chance levels)."""
+        if not self.chance:
+            return ""
+        return f"{self.kind}/{self.name} chance: " + ", ".join(f"{k} {v:.4f}" for k, v in self.chance.items())
+
+    def counts(self) -> str:
+        """'<kind>/<name>: N samples used, M skipped' (plus unreadable shard parts, whose samples are lost)."""
+        skipped = "an unknown number" if self.skipped is None else str(self.skipped)
+        lost = f", {self.unreadable_shards} unreadable shard parts" if self.unreadable_shards else ""
+        return f"{self.kind}/{self.name}: {self.samples} samples used, {skipped} skipped{lost}"
+
+
+def _skip_counts(loader: Any) -> tuple[int | None, int]:
+    """(samples skipped, unreadable shard parts) of a finished mmembed loader; (None, 0) for other iterables."""
+    counts = getattr(loader, "skip_counts", None)
+    if counts is None:
+        return None, 0
+    return int(counts.get("samples", 0)), int(counts.get("shards", 0))
 
 
 def read_classnames(path: str | Path) -> list[str]:
     """Class names, one per line (blank lines skipped); line order is the label order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class-name file not found: {path}")
+        raise MissingFileError(f"class-name file not found: {path}")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"class-name file {path} has no class names")
+        raise UsageError(f"class-name file {path} has no class names (one per line expected)")
     return names
 
 
@@ -73,7 +102,7 @@ def _modality_preprocessors(model: EncodesModalities, modalities: Sequence[str])
     available = model.preprocessors(is_train=False)
     missing = [m for m in modalities if m not in available]
     if missing:
-        raise KeyError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
+        raise UnknownNameError(f"model has no modality {missing}; its modalities: {', '.join(sorted(available))}")
     return {m: available[m] for m in modalities}
 
 
@@ -98,7 +127,7 @@ def run_zero_shot_task(
                            device=device, progress=progress, desc=f"zeroshot/{task.name}")
     metrics = {f"zeroshot/{task.name}/{k}": v for k, v in result.metrics().items()}
     return TaskResult("zeroshot", task.name, metrics, result.confusion, classnames,
-                      time.perf_counter() - start, result.num_samples, task.note)
+                      time.perf_counter() - start, result.num_samples, *_skip_counts(loader), note=task.note)
 
 
 def run_retrieval_task(
@@ -112,22 +141,34 @@ def run_retrieval_task(
 ) -> TaskResult:
     start = time.perf_counter()
     if task.a == task.b:
-        raise ValueError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
+        raise UsageError(f"retrieval task '{task.name}' pairs modality '{task.a}' with itself")
+    extra = (task.label_key,) if task.label_key else ()
     loader = loader_factory(list(task.urls), _modality_preprocessors(model, [task.a, task.b]),
-                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=())
+                            batch_size=cfg.batch_size, num_workers=cfg.num_workers, extra_keys=extra)
     chunks: dict[str, list[torch.Tensor]] = {task.a: [], task.b: []}
+    labels: list[torch.Tensor] = []
     with inference_mode(model):
-        for embeddings, _ in iterate_embeddings(model, loader, [task.a, task.b], device=device,
-                                                progress=progress, desc=f"retrieval/{task.name}"):
+        for embeddings, batch in iterate_embeddings(model, loader, [task.a, task.b], device=device,
+                                                    progress=progress, desc=f"retrieval/{task.name}"):
             for modality, emb in embeddings.items():
                 chunks[modality].append(emb)
+            if task.label_key:
+                labels.append(torch.as_tensor(batch[task.label_key]))
     if not chunks[task.a]:
-        raise ValueError(f"retrieval task '{task.name}' found no samples in {list(task.urls)}")
-    values = retrieval_metrics(torch.cat(chunks[task.a]), torch.cat(chunks[task.b]), a_name=task.a,
-                               b_name=task.b, ks=cfg.retrieval_ks, chunk_size=cfg.retrieval_chunk_size)
+        raise DataError(f"retrieval task '{task.name}' found no usable samples in {list(task.urls)}")
+    a, b = torch.cat(chunks[task.a]), torch.cat(chunks[task.b])
+    common = {"a_name": task.a, "b_name": task.b, "ks": cfg.retrieval_ks, "chunk_size": cfg.retrieval_chunk_size}
+    values = retrieval_metrics(a, b, **common)
+    chance = {f"R@{k}": min(k, len(a)) / len(a) for k in cfg.retrieval_ks}
+    if labels:
+        label = torch.cat(labels)
+        values.update(label_retrieval_metrics(a, b, label, **common))
+        chance.update({f"label_R@{k}": label_chance(label, label, k) for k in cfg.retrieval_ks})
     metrics = {f"retrieval/{task.name}/{k}": v for k, v in values.items()}
+    skipped, shards = _skip_counts(loader)
     return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
-                      num_samples=sum(len(c) for c in chunks[task.a]), note=task.note)
+                      samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards,
+                      chance=chance, note=task.note)
 
 
 def run_tasks(
@@ -145,7 +186,7 @@ def run_tasks(
         # Metric names are keyed by task name, so a repeat would silently overwrite the first task's results.
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
+            raise UsageError(f"eval.{kind} task names must be unique, repeated: {duplicates}")
     kwargs = {"device": device, "progress": progress, "loader_factory": factory}
     results = [run_zero_shot_task(model, task, cfg, **kwargs) for task in cfg.zeroshot]
     results += [run_retrieval_task(model, task, cfg, **kwargs) for task in cfg.retrieval]
@@ -160,9 +201,13 @@ def evaluate_tasks(
     progress: bool = True,
     loader_factory: LoaderFactory | None = None,
 ) -> list[TaskResult]:
-    """Every configured task's result, in eval mode under no_grad; the model's modes are restored."""
+    """Every configured task's result, in eval mode under no_grad; the model's modes are restored. Each task's
+    sample counts (used, skipped) are logged."""
     with inference_mode(model):
-        return run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
+        results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
+    for result in results:
+        log.info("%s", result.counts())
+    return results
 
 
 def merged_metrics(results: Iterable[TaskResult]) -> dict[str, float]:

@@ -31,7 +31,7 @@ def _zero_shot_lines(result: TaskResult) -> list[str]:
     top1, top5 = (result.metrics[f"zeroshot/{result.name}/{m}"] for m in ("top1", "top5"))
     lines = [f"  {result.name}: top-1 {top1:.3f} (chance {top_k_chance(classes, 1):.3f}), "
              f"top-5 {top5:.3f} (chance {top_k_chance(classes, 5):.3f}); "
-             f"{classes} classes, {result.num_samples} samples"]
+             f"{classes} classes, {result.samples} samples"]
     if result.note:
         lines.append(f"      {result.note}")
     if result.classnames and classes <= MAX_LISTED_CLASSES:
@@ -46,7 +46,7 @@ def _retrieval_lines(result: TaskResult) -> list[str]:
         if match:
             direction = f"{match['query']}->{match['target']}"
             by_direction.setdefault(direction, []).append((int(match["k"]), value))
-    n = result.num_samples
+    n = result.samples
     lines = [f"  {result.name}: {n} pairs" + (f"; {result.note}" if result.note else "")]
     for direction, recalls in by_direction.items():
         cells = ", ".join(f"R@{k} {v:.3f} (chance {recall_chance(n, k):.3f})" for k, v in sorted(recalls))
@@ -58,7 +58,7 @@ def format_summary(results: list[TaskResult], *, title: str) -> str:
     """Readable lines: per zero-shot task top-1/top-5 next to chance, per retrieval task Recall@k."""
     lines = [f"==== {title} ===="]
     zero_shot = [r for r in results if r.kind == "zeroshot"]
-    retrieval = [r for r in results if r.kind == "retrieval" and r.num_samples > 0]
+    retrieval = [r for r in results if r.kind == "retrieval" and r.samples > 0]
     if zero_shot:
         lines.append("zero-shot classification:")
         for result in zero_shot:

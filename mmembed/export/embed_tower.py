@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmembed.export.tower_kinds import InputSpec, pack_inputs
+from mmembed.towers.export_spec import InputSpec, pack_inputs
 
 
 class EmbedTower(nn.Module):

@@ -12,18 +12,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from mmembed.errors import MissingFileError
+from mmembed.export.client_tokenizer import TOKENIZER_SUFFIX
 from mmembed.export.embed_tower import EmbedTower
 from mmembed.export.preprocess import build_preprocessor
 from mmembed.export.tower_export import EXPORT_FORMAT, config_path
-from mmembed.export.tower_kinds import InputSpec, tower_kind
-from mmembed.towers.base import Preprocessor
+from mmembed.towers.base import export_spec_of
+from mmembed.towers.export_spec import InputSpec
+from mmembed.types import Preprocessor
 
 
 def read_export_config(root: str | Path, modality: str) -> dict[str, Any]:
     path = config_path(Path(root), modality)
     if not path.is_file():
-        found = sorted(p.stem for p in Path(root).glob("*.json"))
-        raise FileNotFoundError(f"no export of modality '{modality}' in {root} (no {path.name}); "
+        found = sorted(p.stem for p in Path(root).glob("*.json") if not p.name.endswith(TOKENIZER_SUFFIX))
+        raise MissingFileError(f"no export of modality '{modality}' in {root} (no {path.name}); "
                                 f"exported modalities there: {found}")
     meta = json.loads(path.read_text())
     if meta.get("format") != EXPORT_FORMAT:
@@ -55,10 +58,10 @@ def load_tower(root: str | Path, modality: str, device: str | torch.device = "cp
     meta = read_export_config(root, modality)
     file = meta["files"].get("safetensors")
     if file is None:
-        raise FileNotFoundError(f"{root} holds no safetensors export of '{modality}' (files: {meta['files']}); "
+        raise MissingFileError(f"{root} holds no safetensors export of '{modality}' (files: {meta['files']}); "
                                 "load an ONNX export with mmembed.export.OnnxTower")
-    kind = tower_kind(meta["tower"]["type"], modality)
-    args = kind.local_args(dict(meta["tower"]["args"]), root)
+    spec = export_spec_of(meta["tower"]["type"])
+    args = spec.local_args(dict(meta["tower"]["args"]), root)
     tower = build_tower(TowerSpec(type=meta["tower"]["type"], args=args), where=f"{modality} export")
     head = build_head(HeadSpec(type=meta["head"]["type"], args=meta["head"]["args"]), tower.output_dim,
                       int(meta["embed_dim"]))
@@ -77,7 +80,7 @@ class OnnxTower:
         self.config = read_export_config(root, modality)
         file = self.config["files"].get("onnx")
         if file is None:
-            raise FileNotFoundError(f"{root} holds no ONNX export of '{modality}' "
+            raise MissingFileError(f"{root} holds no ONNX export of '{modality}' "
                                     f"(files: {self.config['files']})")
         available = ort.get_available_providers()
         chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmembed.config import ExperimentConfig
-from mmembed.export.open_clip_parts import PART_BUILDERS, NotExpressibleError, OpenClipPart, PartOptions
+from mmembed.export.hygiene import file_stamps, finish_export
+from mmembed.export.open_clip_parts import NotExpressibleError, OpenClipPart, PartOptions, open_clip_part
 from mmembed.export.tower_export import assert_portable
 from mmembed.model import pair_key
 
@@ -45,10 +46,7 @@ def _part(model: nn.Module, config: ExperimentConfig, modality: str, opts: PartO
         raise NotExpressibleError(f"open_clip models are image-text; this model has no '{modality}' modality "
                                   f"(modalities: {sorted(config.model.modalities)})")
     tower_type = config.model.modalities[modality].tower.type
-    if tower_type not in PART_BUILDERS:
-        raise NotExpressibleError(f"{modality} tower '{tower_type}' cannot be expressed in open_clip; "
-                                  f"expressible tower types: {sorted(PART_BUILDERS)}")
-    return PART_BUILDERS[tower_type](model.towers[modality], model.heads[modality], opts)
+    return open_clip_part(model.towers[modality], model.heads[modality], tower_type, SLOTS[modality], opts)
 
 
 def _logit_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,11 +97,13 @@ def export_open_clip(model: nn.Module, config: ExperimentConfig, out: str | Path
     tree, state, parts = build_open_clip_folder(model, config, opts or PartOptions())
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    before = file_stamps(root)
     save_file({k: v.contiguous() for k, v in state.items()}, str(root / WEIGHTS_NAME))
     (root / CONFIG_NAME).write_text(json.dumps(tree, indent=2) + "\n")
     for part in parts:
         if part.write_files is not None:
             part.write_files(root)
+    finish_export(root, before)
     errors = verify_open_clip(model, root, tree) if verify else {}
     return OpenClipExport(root, errors)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmembed.towers.base import Preprocessor
+from mmembed.types import Preprocessor
 
 
 def _image(spec: Mapping[str, Any], root: Path) -> Preprocessor:
@@ -42,6 +42,12 @@ def _hf_tokenizer(spec: Mapping[str, Any], root: Path) -> Preprocessor:
     return TokenizeFixed(tokenizer, int(spec["max_length"]))
 
 
+def _byte_tokenizer(spec: Mapping[str, Any], root: Path) -> Preprocessor:
+    from mmembed.towers.byte_text import ByteTokenize
+
+    return ByteTokenize(int(spec["context_length"]), bool(spec["lowercase"]))
+
+
 def _waveform(spec: Mapping[str, Any], root: Path) -> Preprocessor:
     from mmembed.towers.audio_mel import ClipWaveform
 
@@ -52,6 +58,7 @@ PREPROCESSORS: dict[str, Callable[[Mapping[str, Any], Path], Preprocessor]] = {
     "image": _image,
     "open_clip_tokenizer": _open_clip_tokenizer,
     "hf_tokenizer": _hf_tokenizer,
+    "byte_tokenizer": _byte_tokenizer,
     "waveform": _waveform,
 }
 

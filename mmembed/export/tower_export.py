@@ -8,6 +8,7 @@ exceeds the tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,8 +23,11 @@ from torch import nn
 
 from mmembed.checkpoint import state_to_safetensors
 from mmembed.config import ExperimentConfig
+from mmembed.errors import UsageError
+from mmembed.export.client_tokenizer import write_client_tokenizer
 from mmembed.export.embed_tower import EmbedTower
-from mmembed.export.tower_kinds import InputSpec, TowerKind, tower_kind
+from mmembed.export.hygiene import file_stamps, finish_export
+from mmembed.towers.export_spec import ExportSpec, InputSpec
 
 log = logging.getLogger("mmembed.export")
 
@@ -39,12 +43,18 @@ class ExportCheckError(RuntimeError):
     """The exported file's outputs differ from PyTorch's by more than the tolerance."""
 
 
+class NotExportableError(ValueError):
+    """The tower declares that it cannot be exported to the requested format (the message says why)."""
+
+
 @dataclass(frozen=True)
 class TowerExport:
     modality: str
     path: Path
     # ONNX only: the largest |onnxruntime - PyTorch| over every checked shape.
     max_abs_error: float | None = None
+    # Text towers: the tokenizer shipped for clients without mmembed (None when there is none).
+    tokenizer: Path | None = None
 
 
 def config_path(root: Path, modality: str) -> Path:
@@ -64,7 +74,7 @@ def assert_portable(tree: Any, where: str = "config") -> None:
                          "portable (weights come from the export, not from that path)")
 
 
-def _tower_meta(kind: TowerKind, tower: nn.Module, spec: Any, embed_dim: int, modality: str) -> dict[str, Any]:
+def _tower_meta(kind: ExportSpec, tower: nn.Module, spec: Any, embed_dim: int, modality: str) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "modality": modality, "embed_dim": embed_dim,
         "inputs": [s.to_json() for s in kind.inputs(tower)],
@@ -77,7 +87,7 @@ def _tower_meta(kind: TowerKind, tower: nn.Module, spec: Any, embed_dim: int, mo
     }
 
 
-def _write_safetensors(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, modality: str,
+def _write_safetensors(kind: ExportSpec, tower: nn.Module, head: nn.Module, root: Path, modality: str,
                        tolerance: float) -> TowerExport:
     path = root / f"{modality}.safetensors"
     save_file(state_to_safetensors(EmbedTower(tower, head, kind.inputs(tower))), str(path))
@@ -113,7 +123,7 @@ def _check_onnx(path: Path, reference: nn.Module, specs: list[InputSpec],
     return worst
 
 
-def _write_onnx(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, modality: str,
+def _write_onnx(kind: ExportSpec, tower: nn.Module, head: nn.Module, root: Path, modality: str,
                 tolerance: float) -> TowerExport:
     specs = kind.inputs(tower)
     encoder = kind.onnx_twin(tower) if kind.onnx_twin else tower
@@ -136,7 +146,7 @@ def _write_onnx(kind: TowerKind, tower: nn.Module, head: nn.Module, root: Path, 
     return TowerExport(modality, path, error)
 
 
-WRITERS: dict[str, Callable[[TowerKind, nn.Module, nn.Module, Path, str, float], TowerExport]] = {
+WRITERS: dict[str, Callable[[ExportSpec, nn.Module, nn.Module, Path, str, float], TowerExport]] = {
     "safetensors": _write_safetensors,
     "onnx": _write_onnx,
 }
@@ -147,25 +157,31 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
     """Write `<modality>.<safetensors|onnx>` + `<modality>.json` for each modality (default: all) into
     `out`. Exporting both formats into one folder keeps one JSON listing both files."""
     if fmt not in WRITERS:
-        raise ValueError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
+        raise UsageError(f"unknown tower export format '{fmt}'; known: {sorted(WRITERS)}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    before = file_stamps(root)
     wanted = list(modalities) if modalities is not None else list(config.model.modalities)
     results = []
     model = model.eval()
     for modality in wanted:
         if modality not in config.model.modalities:
-            raise ValueError(f"modality '{modality}' is not in the model; it has "
+            raise UsageError(f"modality '{modality}' is not in the model; it has "
                              f"{sorted(config.model.modalities)}")
         spec = config.model.modalities[modality]
-        kind = tower_kind(spec.tower.type, modality)
         tower, head = model.towers[modality], model.heads[modality]
+        kind = _export_spec(tower, spec.tower.type, modality, fmt)
         meta = _tower_meta(kind, tower, spec, int(config.model.embed_dim), modality)
         assert_portable(meta, f"{modality}.json")
         with torch.no_grad():
             result = WRITERS[fmt](kind, tower, head, root, modality, tolerance)
         if kind.write_files is not None:
             kind.write_files(tower, root, fmt == "safetensors")
+        tokenizer = write_client_tokenizer(kind, tower, root, modality)
+        if tokenizer is not None:
+            meta["tokenizer"] = tokenizer
+            if tokenizer["file"]:
+                result = dataclasses.replace(result, tokenizer=root / tokenizer["file"])
         previous = _previous_meta(root, modality)
         meta["files"] = previous.get("files", {}) | {fmt: result.path.name}
         if "onnx_check" in previous and fmt != "onnx":
@@ -174,7 +190,17 @@ def export_towers(model: nn.Module, config: ExperimentConfig, out: str | Path, f
             meta["onnx_check"] = {"max_abs_error": result.max_abs_error, "tolerance": tolerance}
         config_path(root, modality).write_text(json.dumps(meta, indent=2) + "\n")
         results.append(result)
+    finish_export(root, before)
     return results
+
+
+def _export_spec(tower: nn.Module, tower_type: str, modality: str, fmt: str) -> ExportSpec:
+    """The tower's own export facts; a format it does not support fails with the reason it declares."""
+    spec: ExportSpec = tower.export_spec
+    if not spec.supports(fmt):
+        raise NotExportableError(f"modality '{modality}': the {tower_type} tower cannot be exported as {fmt}: "
+                                 f"{spec.unsupported[fmt]}")
+    return spec
 
 
 def _previous_meta(root: Path, modality: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from mmembed.losses.base import LOSSES, LossContext, PairLoss, list_losses
 from mmembed.losses.cwcl import CWCLConfig, CWCLLoss
 from mmembed.losses.distill import DistillConfig, DistillLoss
 from mmembed.losses.infonce import InfoNCEConfig, InfoNCELoss
-from mmembed.losses.isogclr import ISogCLRConfig, ISogCLRLoss
+from mmembed.losses.isogclr import ISogCLRConfig, ISogCLRLoss, isogclr_step
 from mmembed.losses.siglip import SigLIPConfig, SigLIPLoss
 from mmembed.losses.tempnet import TempNetConfig, TempNetLoss
 
@@ -34,6 +34,7 @@ __all__ = [
     "TempNetLoss",
     "build_loss",
     "functional",
+    "isogclr_step",
     "list_losses",
     "loss_defaults",
 ]

@@ -42,6 +42,9 @@ class PairLoss(nn.Module):
     # Losses with their own temperatures (iSogCLR, TempNet) ignore the pair's scale; the trainer then
     # freezes it, since a parameter without gradient breaks DDP's reducer.
     uses_logit_scale: bool = True
+    # Config fields the recipe fills in from the run instead of the user copying them by hand (see
+    # mmembed.recipe.DERIVED): e.g. ("num_samples",) = the training data's size from sizes.json.
+    derived_args: tuple[str, ...] = ()
 
     def forward(
         self,

@@ -17,9 +17,11 @@ from mmembed.losses.tiled import check_tile_size
 class DistillConfig:
     # Weight of the KD term: 1.0 for small data, 0.75 at scale (MobileCLIP).
     lam: float = 1.0
-    # The teachers' fixed logit scales c_k (MobileCLIP: 100; MobileCLIP2 uses 70 and 60).
+    # The teachers' fixed logit scales c_k (MobileCLIP: 100; MobileCLIP2 uses 70 and 60). Filled in from the
+    # reinforced set's manifest when the recipe leaves it out.
     teacher_scales: list[float] = field(default_factory=lambda: [100.0])
-    # Width of each teacher's part of the stored, concatenated embedding [B, ΣD_k], in storage order.
+    # Width of each teacher's part of the stored, concatenated embedding [B, ΣD_k], in storage order; filled
+    # in from the reinforced set's manifest (teachers.json) by the recipe.
     teacher_dims: list[int] = MISSING
     tile_size: int | None = None
 
@@ -38,6 +40,8 @@ def _check(config: DistillConfig) -> None:
 @LOSSES.register("distill", DistillConfig)
 class DistillLoss(PairLoss):
     """Terms {"clip": (1−λ)·CLIP, "kd": λ·KD}; teachers come from `ctx.batch["teacher"][modality]`."""
+
+    derived_args = ("teacher_dims", "teacher_scales")
 
     def __init__(self, config: DistillConfig) -> None:
         super().__init__()

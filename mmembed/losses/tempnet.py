@@ -2,11 +2,11 @@
 
 Instead of a τ table, one network per anchor side maps the *detached* embedding to τ ∈ [τ_min, τ_max], so
 it generalises to unseen samples. The per-sample moving average s (and its running max b) is kept exactly as
-in iSogCLR (`mmembed.losses.isogclr.dro_statistics`); the DRO gradient ∂F/∂τ_i is pushed through the network
+in iSogCLR (`mmembed.losses.dro.dro_statistics`); the DRO gradient ∂F/∂τ_i is pushed through the network
 by the term mean_i stopgrad(∂τ_i)·τ_i(θ), whose gradient in the network weights θ is mean_i ∂τ_i ∂τ_i/∂θ.
 
 Follows zhqiu/TempNet `Bimodal_CL/models/losses.py::iSogCLR_TempNet_Loss` and its `TempGenerator`:
-  * "loss" = mean_i mean_neg p_ij h_ij (image anchors) + the same for text anchors (TempNet's scale; iSogCLR
+  * "loss" = mean_i mean_neg p_ij h_ij (side-a anchors) + the same for side b (TempNet's scale; iSogCLR
     uses LibAUC's, which is (B-1)/2 times larger). The embeddings get gradient from this term only: τ enters
     it detached, and the network sees detached embeddings.
   * "temperature" = mean_i ∂τ_i τ_i + mean_i ∂τ'_i τ'_i. It only moves the network's parameters. TempNet
@@ -29,19 +29,9 @@ from omegaconf import MISSING
 from torch import nn
 
 from mmembed.losses.base import LOSSES
-from mmembed.losses.isogclr import (
-    SIDES,
-    IndexedPairLoss,
-    SampleTable,
-    check_inputs,
-    check_range,
-    dro_statistics,
-    full_precision,
-    pair_differences,
-    promote,
-    summarize,
-    weighted_surrogate,
-)
+from mmembed.losses.dro import SIDES, dro_statistics, full_precision, pair_differences, promote, weighted_surrogate
+from mmembed.losses.indexed import IndexedPairLoss, check_inputs, check_range, summarize
+from mmembed.losses.sample_table import SampleTable
 
 
 class TemperatureNet(nn.Module):
@@ -77,8 +67,8 @@ class TemperatureNet(nn.Module):
 class TempNetConfig:
     """Recipe args of the `tempnet` loss."""
 
-    embed_dim: int = MISSING  # the pair's embedding width (the model's embed_dim)
-    num_samples: int = MISSING  # dataset size: the s / b tables are this long
+    embed_dim: int = MISSING  # the pair's embedding width (filled from model.embed_dim by the recipe)
+    num_samples: int = MISSING  # dataset size (filled from sizes.json by the recipe): s / b tables are this long
     num_prototypes: int = 256
     dropout: float = 0.5
     tau_min: float = 0.005
@@ -101,6 +91,8 @@ def _validate(cfg: TempNetConfig) -> None:
 class TempNetLoss(IndexedPairLoss):
     """Robust contrastive loss with network-predicted τ; terms {"loss", "temperature"} (see module doc)."""
 
+    derived_args = ("embed_dim", "num_samples")
+
     def __init__(self, config: TempNetConfig) -> None:
         super().__init__()
         _validate(config)
@@ -113,7 +105,7 @@ class TempNetLoss(IndexedPairLoss):
         self._last_tau: dict[str, torch.Tensor] = {}
 
     def predict_tau(self, side: str, embedding: torch.Tensor) -> torch.Tensor:
-        """τ for anchors of `side` ("image" = first embedding of the pair, "text" = second)."""
+        """τ for anchors of `side` ("a" = the pair's first embedding, "b" = its second)."""
         if side not in self.tau_nets:
             raise KeyError(f"tempnet: side must be one of {list(self.tau_nets)}, got '{side}'")
         with full_precision(embedding):
@@ -126,7 +118,7 @@ class TempNetLoss(IndexedPairLoss):
             index = index.to(device=x.device, dtype=torch.long)
             x, y = promote(x), promote(y)
             diffs = pair_differences(x, y)
-            tau = {"image": self.tau_nets["image"](x), "text": self.tau_nets["text"](y)}
+            tau = {"a": self.tau_nets["a"](x), "b": self.tau_nets["b"](y)}
             prev = self.state.read(index)
             first = self.state.first_visit(index)
             stats = {side: dro_statistics(getattr(diffs, side), tau[side].detach(), diffs.positives,

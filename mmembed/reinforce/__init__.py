@@ -1,9 +1,9 @@
-"""Reinforced datasets (MobileCLIP / DataCompDR style, DESIGN.md section 3): build, verify, replay.
+"""Reinforced datasets (MobileCLIP / DataCompDR style, docs/design.md "Reinforced datasets"): build, verify, replay.
 
 Importing this package is cheap; the builder, teachers and captioner load their models on use.
 """
 
-from mmembed.reinforce.augment import AugmentSampler, AugRecord, ReplayTransform
-from mmembed.reinforce.codec import decode_array, encode_array
+from mmembed.reinforced_format.augment import AugmentSampler, AugRecord, ReplayTransform
+from mmembed.reinforced_format.codec import decode_array, encode_array
 
 __all__ = ["AugRecord", "AugmentSampler", "ReplayTransform", "decode_array", "encode_array"]

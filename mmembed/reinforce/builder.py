@@ -1,7 +1,7 @@
 """The reinforced-dataset builder: one output shard per input shard, resumable, rank-parallel, appendable.
 
 Per input shard `NAME.tar` the builder writes `OUT/NAME.tar` with every source member kept and the
-reinforcement members added (see mmembed.reinforce.embed). Work is split by shard: under `accelerate launch`
+reinforcement members added (see mmembed.reinforced_format). Work is split by shard: under `accelerate launch`
 (or torchrun) rank r of W takes shards r, r+W, ... (RANK / WORLD_SIZE / LOCAL_RANK from the environment, so
 no process group is needed). A shard is complete iff its completion record exists (mmembed.reinforce.shard_io);
 a restart with the same command skips complete shards and rewrites the rest. When every shard is complete,
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from mmembed.config.reinforce import ReinforceConfig
 from mmembed.data.sources import check_local_shards, expand_urls
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import RawSample, shard_samples
+from mmembed.progress import Progress, progress
 from mmembed.reinforce.captioner import Captioner, build_captioner
 from mmembed.reinforce.manifest import build_fingerprint, maybe_write_manifest, teacher_ids
 from mmembed.reinforce.sample_build import ReinforceContext, append_samples, reinforce_samples
@@ -104,13 +104,13 @@ class ReinforceBuilder:
         jobs = plan_jobs(self.cfg, self.sources, ids, self.fingerprint)
         mine = [job for job in jobs if job.index % self.world == self.rank]
         total = _expected_samples(mine)
-        with tqdm(total=total, desc=f"reinforce (rank {self.rank})", unit="sample", dynamic_ncols=True,
-                  disable=not self.progress, smoothing=0.1) as bar:
+        with progress(total=total, desc=f"reinforce (rank {self.rank})", unit="sample",
+                      disable=not self.progress, smoothing=0.1) as bar:
             for job in mine:
                 self._run_job(job, ids, bar)
         return maybe_write_manifest(self.cfg, self.sources, self.teachers, self.captioner, self.fingerprint)
 
-    def _run_job(self, job: ShardJob, ids: list[str], bar: tqdm) -> None:
+    def _run_job(self, job: ShardJob, ids: list[str], bar: Progress) -> None:
         ctx = ReinforceContext(self.cfg, job.output.name, self.teachers, self.captioner)
         tmp = temp_path(job.output)
         stats = SkipStats()
@@ -128,7 +128,7 @@ class ReinforceBuilder:
         log.info("finished %s: %d samples", job.output, writer.count)
 
     def _build(self, ctx: ReinforceContext, source: str, writer: DeterministicTarWriter, stats: SkipStats,
-               bar: tqdm) -> dict[str, object]:
+               bar: Progress) -> dict[str, object]:
         skipped: list[str] = []
         generated = rejected = 0
         for batch in _batches(shard_samples(source, stats), self.cfg.batch_size):
@@ -142,7 +142,7 @@ class ReinforceBuilder:
         return {"skipped": skipped, "captions_generated": generated, "captions_rejected": rejected}
 
     def _append(self, ctx: ReinforceContext, job: ShardJob, writer: DeterministicTarWriter, stats: SkipStats,
-                bar: tqdm) -> dict[str, object]:
+                bar: Progress) -> dict[str, object]:
         done = read_done(job.output) or {}
         stored = int(job.stored_teachers or 0)
         for batch in _batches(shard_samples(str(job.output), stats), self.cfg.batch_size):

@@ -17,7 +17,12 @@ def add_reinforce_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. storage=int8")
     parser.add_argument("--verify", metavar="DIR", help="check a finished reinforced dataset instead of building")
     parser.add_argument("--replay", type=int, default=2,
-                        help="--verify: samples whose stored augmentations are replayed through the teachers")
+                        help="--verify: random samples whose stored augmentations are replayed through the teachers")
+    parser.add_argument("--detect", type=float, metavar="FRACTION",
+                        help="--verify: replay as many random samples as needed to catch a corrupted fraction "
+                             ">= FRACTION of the samples (e.g. 0.01) with probability >= --confidence")
+    parser.add_argument("--confidence", type=float, default=0.99, help="--verify --detect: detection probability")
+    parser.add_argument("--seed", type=int, help="--verify: seed of the random replay subset (default: fresh, printed)")
     parser.add_argument("--device", default="cpu", help="--verify: device for the replay check")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -26,7 +31,9 @@ def run_reinforce_command(args: argparse.Namespace) -> int:
     if args.verify:
         from mmembed.reinforce.verify import verify_dataset
 
-        report = verify_dataset(args.verify, replay=args.replay, device=args.device)
+        replay = None if args.detect is not None else args.replay
+        report = verify_dataset(args.verify, replay=replay, device=args.device, detect=args.detect or 0.01,
+                                confidence=args.confidence, seed=args.seed)
         print(report.summary())
         return 0 if report.ok else 1
     if not args.recipe:

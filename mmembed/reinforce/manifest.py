@@ -12,19 +12,17 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mmembed.config.reinforce import ReinforceConfig
 from mmembed.reinforce.captioner import Captioner
-from mmembed.reinforce.embed import TEACHERS_FILE
+from mmembed.reinforce.media_build import MEDIA_BUILDS
 from mmembed.reinforce.shard_io import atomic_write_json, read_done
 from mmembed.reinforce.teachers import Teacher
+from mmembed.reinforced_format.dataset_files import FORMAT, MANIFEST, SIZES, TEACHERS_FILE, load_manifest
 
-MANIFEST = "manifest.json"
-SIZES = "sizes.json"
-FORMAT = "mmembed-reinforced/1"
+__all__ = ["build_fingerprint", "load_manifest", "maybe_write_manifest", "teacher_ids"]
 _SHARD_FIELDS = ("source", "samples", "sha256", "bytes", "skipped", "unreadable", "captions_generated",
                  "captions_rejected")
 
@@ -39,10 +37,7 @@ def _settings(cfg: ReinforceConfig, captioner: Captioner | None) -> dict[str, An
                                 "captioner": captioner.describe() if captioner is not None else None,
                                 "batch_size": cfg.batch_size, "image_keys": cfg.image_keys,
                                 "text_keys": cfg.text_keys, "audio_keys": cfg.audio_keys}
-    if cfg.modality == "image":
-        settings["augment"] = asdict(cfg.augment)
-    else:
-        settings["audio"] = asdict(cfg.audio)
+    settings.update(MEDIA_BUILDS[cfg.modality].settings(cfg))
     return settings
 
 
@@ -85,14 +80,3 @@ def _merge_sizes(path: Path, sizes: dict[str, int]) -> None:
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing.update(sizes)
     atomic_write_json(path, dict(sorted(existing.items())))
-
-
-def load_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {directory}: the build is unfinished (re-run the same "
-                                "`mmembed reinforce` command to complete it) or this is not a reinforced dataset")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
-    return manifest

@@ -20,8 +20,8 @@ from torch import nn
 
 from mmembed.config.reinforce import TeacherSpec
 from mmembed.registry import Registry
-from mmembed.reinforce.augment import ReplayTransform
-from mmembed.reinforce.replay_params import replay_from_preprocess_cfg, replay_from_transform
+from mmembed.reinforced_format.augment import ReplayTransform
+from mmembed.reinforced_format.replay_params import replay_from_preprocess_cfg, replay_from_transform
 
 
 def file_sha256(paths: Sequence[Path]) -> str:
@@ -145,7 +145,7 @@ class MmembedTeacher(Teacher):
 
     def _encode(self, modality: str, values: Sequence[Any]) -> torch.Tensor:
         from mmembed.data.collate import stack_values
-        from mmembed.train.batching import to_device
+        from mmembed.device import to_device
 
         if modality not in self._pre:
             raise ValueError(f"teacher '{self.name}' has no '{modality}' tower; it has {sorted(self._pre)}")

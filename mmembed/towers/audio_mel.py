@@ -17,7 +17,17 @@ from torch import nn
 
 from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, encode_windows
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.conv_stft import ConvLogMel, centre_crop_or_pad
+from mmembed.towers.export_spec import (
+    NO_AUDIO_SLOT,
+    ExportSpec,
+    waveform_check_sizes,
+    waveform_inputs,
+    waveform_preprocess,
+    without,
+)
 from mmembed.towers.log_mel import LogMel, crop_or_pad
+from mmembed.towers.shard_spec import ShardSpec, timm_units
 from mmembed.towers.timm_common import (
     create_timm_backbone,
     pooled_dim,
@@ -52,8 +62,29 @@ class AudioMelConfig:
     checkpoint_path: str | None = None
 
 
+class AudioMelTwin(nn.Module):
+    """The tower's eval forward with the conv1d STFT and branch-free centre crop / pad (see conv_stft.py),
+    which ONNX can express; same parameters, same numbers."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        self.frontend = ConvLogMel(tower.frontend)
+
+    def encode(self, waveform: torch.Tensor) -> torch.Tensor:
+        clip = centre_crop_or_pad(waveform, self.tower.clip_samples)
+        mel = self.frontend(clip).unsqueeze(1)
+        mel = self.tower.input_norm(mel.transpose(1, 2)).transpose(1, 2)
+        return self.tower.backbone(mel)
+
+
+@TOWERS.register("audio_mel", AudioMelConfig)
 class AudioMelTower(nn.Module):
     modality = "audio"
+    export_spec = ExportSpec(inputs=waveform_inputs, preprocess=waveform_preprocess,
+                             portable_args=without("checkpoint_path", pretrained=False), onnx_twin=AudioMelTwin,
+                             check_sizes=waveform_check_sizes, unsupported={"open_clip": NO_AUDIO_SLOT})
+    shard_spec = ShardSpec(units=lambda tower: timm_units(tower.backbone, "backbone."))
 
     def __init__(self, cfg: AudioMelConfig) -> None:
         super().__init__()
@@ -107,7 +138,3 @@ class AudioMelTower(nn.Module):
         return ClipWaveform(self.sample_rate, self.clip_samples, is_train, self.cfg.eval_crops,
                             self.cfg.eval_windows)
 
-
-@TOWERS.register("audio_mel", AudioMelConfig)
-def build_audio_mel(cfg: AudioMelConfig) -> AudioMelTower:
-    return AudioMelTower(cfg)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mmembed.registry import Registry
+from mmembed.towers.export_spec import ExportSpec
+from mmembed.towers.shard_spec import ShardSpec
+from mmembed.types import Preprocessor, TowerInput
 
-# A tower's input for one batch: a tensor ([B,3,H,W] images, [B,T] waveforms, [B,L] token ids) or a dict of
-# tensors (Hugging Face tokenizer output such as input_ids + attention_mask).
-TowerInput = torch.Tensor | dict[str, torch.Tensor]
-
-# A per-sample preprocessor maps one decoded value (PIL image, str, or (waveform float32 [T], sample_rate))
-# to a fixed-shape tensor (or dict of tensors) that the default collate can stack.
-Preprocessor = Callable[[Any], Any]
+__all__ = ["TOWERS", "Preprocessor", "Tower", "TowerInput", "export_spec_of", "list_towers"]
 
 
 @runtime_checkable
@@ -29,6 +25,10 @@ class Tower(Protocol):
 
     modality: str
     output_dim: int
+    # What exporting needs to know about this tower type (mmembed.towers.export_spec); a class attribute.
+    export_spec: ExportSpec
+    # How FSDP splits this tower type into units (mmembed.towers.shard_spec); a class attribute.
+    shard_spec: ShardSpec
 
     def encode(self, inputs: TowerInput) -> torch.Tensor: ...
 
@@ -40,6 +40,13 @@ class Tower(Protocol):
 
 
 TOWERS: Registry[nn.Module] = Registry("tower")
+
+
+def export_spec_of(tower_type: str) -> ExportSpec:
+    """The export facts of a registered tower type, without building one."""
+    import mmembed.towers  # noqa: F401  (declares the built-in towers)
+
+    return TOWERS.get(tower_type).builder.export_spec
 
 
 def list_towers() -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from mmembed.towers.base import TowerInput
+from mmembed.types import TowerInput
 
 
 def row_keys(inputs: TowerInput) -> list[bytes]:

@@ -23,7 +23,9 @@ from transformers import AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtract
 
 from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, encode_windows
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.export_spec import NO_AUDIO_SLOT, ExportSpec, waveform_inputs, waveform_preprocess
 from mmembed.towers.hf_common import set_hf_grad_checkpointing
+from mmembed.towers.shard_spec import ShardSpec, hf_units
 
 # Extractors whose numpy code has an exact torch twin: extractor class -> (extractor, clips) -> kwargs.
 TorchFrontEnd = Callable[[Any, torch.Tensor], dict[str, torch.Tensor]]
@@ -83,8 +85,37 @@ def _model_folder(path: str) -> Path:
     return folder
 
 
+# -- export facts -------------------------------------------------------------------------------------------
+# The folder, relative to an export directory, holding the config, feature extractor and weights that
+# rebuild this tower (the weights are then overwritten by the export's own safetensors).
+HF_AUDIO_DIR = "audio_hf"
+
+
+def _portable_args(tower: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
+    return {**args, "path": HF_AUDIO_DIR}
+
+
+def _write_files(tower: nn.Module, root: Path, rebuildable: bool) -> None:
+    folder = root / HF_AUDIO_DIR
+    tower.feature_extractor.save_pretrained(folder)
+    tower.model.save_pretrained(folder)
+
+
+def _local_args(args: dict[str, Any], root: Path) -> dict[str, Any]:
+    return {**args, "path": str(root / args["path"])}
+
+
+_NO_ONNX = ("its front end is Hugging Face's feature extractor (numpy on the CPU, outside the graph, for AST "
+            "and Whisper) and its crop to the clip length branches on the input length; export safetensors")
+
+
+@TOWERS.register("hf_audio", HFAudioConfig)
 class HFAudioTower(nn.Module):
     modality = "audio"
+    export_spec = ExportSpec(inputs=waveform_inputs, preprocess=waveform_preprocess, portable_args=_portable_args,
+                             write_files=_write_files, local_args=_local_args,
+                             unsupported={"onnx": _NO_ONNX, "open_clip": NO_AUDIO_SLOT})
+    shard_spec = ShardSpec(units=hf_units)
 
     def __init__(self, cfg: HFAudioConfig) -> None:
         super().__init__()
@@ -141,7 +172,3 @@ def _hf_inputs(extractor: Any, clips: torch.Tensor) -> dict[str, torch.Tensor]:
     features = extractor(rows, sampling_rate=extractor.sampling_rate, return_tensors="pt")
     return {k: v.to(clips.device) for k, v in features.items() if isinstance(v, torch.Tensor)}
 
-
-@TOWERS.register("hf_audio", HFAudioConfig)
-def build_hf_audio(cfg: HFAudioConfig) -> HFAudioTower:
-    return HFAudioTower(cfg)

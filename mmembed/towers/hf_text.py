@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,11 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
 from mmembed.towers.hf_common import set_hf_grad_checkpointing
+from mmembed.towers.open_clip_slots import NotExpressibleError, OpenClipPart, PartOptions, module_state
+from mmembed.towers.shard_spec import ShardSpec, hf_units
+from mmembed.types import LinearMap
 
 
 @dataclass
@@ -136,8 +141,106 @@ class TokenizeFixed:
         return {"input_ids": out["input_ids"][0], "attention_mask": out["attention_mask"][0]}
 
 
+# -- export facts -------------------------------------------------------------------------------------------
+# The folder, relative to an export directory, holding the tokenizer (and config, and for the PyTorch export
+# the weights) that rebuild this tower.
+HF_TEXT_DIR = "text_hf"
+
+
+def _export_inputs(tower: nn.Module) -> list[InputSpec]:
+    return [InputSpec("input_ids", "int64", ("batch", "seq")),
+            InputSpec("attention_mask", "int64", ("batch", "seq"))]
+
+
+def _export_preprocess(tower: nn.Module) -> dict[str, Any]:
+    return {"kind": "hf_tokenizer", "path": HF_TEXT_DIR, "max_length": int(tower.max_length)}
+
+
+def _portable_args(tower: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
+    # Everything the source folder's sentence-transformers files decided is written out explicitly, so the
+    # exported folder (config + tokenizer only) rebuilds the same tower.
+    return {**args, "path": HF_TEXT_DIR, "pooling": tower.pooling, "max_length": int(tower.max_length),
+            "normalize_features": bool(tower.normalize_features)}
+
+
+def _write_files(tower: nn.Module, root: Path, rebuildable: bool) -> None:
+    folder = root / HF_TEXT_DIR
+    tower.tokenizer.save_pretrained(folder)
+    # The tower rebuilds with AutoModel.from_pretrained, which needs weights in the folder: the PyTorch export
+    # therefore repeats the transformer's weights there; ONNX needs only config + tokenizer.
+    if rebuildable:
+        tower.model.save_pretrained(folder)
+    else:
+        tower.model.config.save_pretrained(folder)
+
+
+def _local_args(args: dict[str, Any], root: Path) -> dict[str, Any]:
+    return {**args, "path": str(root / args["path"])}
+
+
+def _client_tokenizer(tower: nn.Module) -> ClientTokenizer:
+    """The Hugging Face tokenizer's own tokenizers-library form, set to pad and truncate as TokenizeFixed."""
+    from tokenizers import Tokenizer
+
+    hf = tower.tokenizer
+    if not getattr(hf, "is_fast", False):
+        raise NotExpressibleError(f"text tower: the model's tokenizer ({type(hf).__name__}) has no tokenizers-"
+                                  "library (fast) version to ship")
+    tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    length = int(tower.max_length)
+    tokenizer.enable_truncation(max_length=length, direction=hf.truncation_side)
+    tokenizer.enable_padding(length=length, pad_id=hf.pad_token_id, pad_token=hf.pad_token,
+                             pad_type_id=hf.pad_token_type_id, direction=hf.padding_side)
+    return ClientTokenizer(tokenizer.to_str(), {"input_ids": "ids", "attention_mask": "attention_mask"})
+
+
+# mmembed pooling -> open_clip pooler with the same arithmetic. open_clip's MaxPooler fills the *kept*
+# positions with -inf (masked_fill(mask, -inf)), so max pooling has no faithful counterpart.
+_HF_POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}
+
+
+def _open_clip_part(tower: nn.Module, head: LinearMap, opts: PartOptions) -> OpenClipPart:
+    """open_clip's HFTextEncoder: the transformer as is, a bias-free linear head as its `proj`."""
+    if tower.pooling not in _HF_POOLERS:
+        raise NotExpressibleError(f"text tower: '{tower.pooling}' pooling has no faithful open_clip pooler "
+                                  f"(supported: {sorted(_HF_POOLERS)})")
+    hub_id = opts.hf_model_id or _hub_id(tower)
+    state = {f"transformer.{k}": v for k, v in module_state(tower.model).items()}
+    if not head.is_identity:
+        if head.bias is not None:
+            raise NotExpressibleError("text head: open_clip's HF 'linear' projection has no bias")
+        # Pre-head normalisation (sentence-transformers Normalize) only rescales each row by a positive
+        # number, which a bias-free linear map followed by L2 normalisation cannot see.
+        state["proj.weight"] = head.weight.float()
+    cfg = {"hf_model_name": hub_id, "hf_tokenizer_name": hub_id, "hf_model_pretrained": False,
+           "hf_proj_type": None if head.is_identity else "linear",
+           "hf_pooler_type": _HF_POOLERS[tower.pooling], "context_length": int(tower.max_length)}
+
+    def write(folder: Path) -> None:
+        tower.tokenizer.save_pretrained(folder)
+        tower.model.config.save_pretrained(folder)
+
+    return OpenClipPart(cfg=cfg, state=state, write_files=write)
+
+
+def _hub_id(tower: nn.Module) -> str:
+    name = str(getattr(tower.model.config, "_name_or_path", "") or "")
+    if name.count("/") == 1 and not Path(name).exists():
+        return name
+    raise NotExpressibleError("text tower: open_clip loads a Hugging Face text tower's architecture by hub id "
+                              "(text_cfg.hf_model_name), and this model's config names none; pass "
+                              "--hf-model-id ORG/NAME (e.g. sentence-transformers/all-MiniLM-L6-v2)")
+
+
+@TOWERS.register("hf_text", HFTextConfig)
 class HFTextTower(nn.Module):
     modality = "text"
+    export_spec = ExportSpec(
+        inputs=_export_inputs, preprocess=_export_preprocess, portable_args=_portable_args,
+        write_files=_write_files, local_args=_local_args,
+        check_sizes=lambda t: [{"seq": 5}, {"seq": min(int(t.max_length), 24)}],
+        open_clip=_open_clip_part, open_clip_slot="text", client_tokenizer=_client_tokenizer)
+    shard_spec = ShardSpec(units=hf_units)
 
     def __init__(self, cfg: HFTextConfig) -> None:
         super().__init__()
@@ -182,7 +285,3 @@ class HFTextTower(nn.Module):
     def preprocessor(self, is_train: bool) -> Preprocessor:
         return TokenizeFixed(self.tokenizer, self.max_length)
 
-
-@TOWERS.register("hf_text", HFTextConfig)
-def build_hf_text(cfg: HFTextConfig) -> HFTextTower:
-    return HFTextTower(cfg)

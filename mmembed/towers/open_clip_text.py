@@ -20,7 +20,18 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec, without
 from mmembed.towers.open_clip_common import load_tower_checkpoint, resolve_open_clip_cfg, text_state
+from mmembed.towers.open_clip_slots import (
+    NotExpressibleError,
+    OpenClipPart,
+    PartOptions,
+    fold_linear,
+    fold_matrix,
+    module_state,
+)
+from mmembed.towers.shard_spec import ShardSpec, open_clip_units
+from mmembed.types import LinearMap
 
 
 @dataclass
@@ -47,8 +58,45 @@ class TokenizeOne:
         return self.tokenizer([text])[0]
 
 
+def _token_inputs(tower: nn.Module) -> list[InputSpec]:
+    return [InputSpec("text", "int64", ("batch", int(tower.context_length)))]
+
+
+def _export_preprocess(tower: nn.Module) -> dict[str, Any]:
+    return {"kind": "open_clip_tokenizer", "model_name": tower.cfg.model_name,
+            "context_length": int(tower.context_length)}
+
+
+def _client_tokenizer(tower: nn.Module) -> ClientTokenizer:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from mmembed.towers.clip_tokenizer_json import clip_bpe_tokenizer
+
+    if not isinstance(tower.tokenizer, SimpleTokenizer):
+        raise NotExpressibleError(f"text tower: open_clip's {type(tower.tokenizer).__name__} (model "
+                                  f"'{tower.cfg.model_name}') is not written out for clients; only SimpleTokenizer is")
+    tokenizer = clip_bpe_tokenizer(tower.tokenizer, int(tower.context_length))
+    return ClientTokenizer(tokenizer.to_str(), {"text": "ids"})
+
+
+def _open_clip_part(tower: nn.Module, head: LinearMap, opts: PartOptions) -> OpenClipPart:
+    """open_clip's own text transformer, with a linear head folded into its `text_projection`."""
+    info = tower.open_clip_cfg()
+    state = module_state(tower.model)
+    if isinstance(tower.model.text_projection, nn.Linear):
+        fold_linear(state, "text_projection", head, "text head")
+    else:
+        fold_matrix(state, "text_projection", head, "text head")
+    return OpenClipPart(cfg=dict(info["text_cfg"]), state=state, quick_gelu=info["quick_gelu"])
+
+
+@TOWERS.register("open_clip_text", OpenClipTextConfig)
 class OpenClipTextTower(nn.Module):
     modality = "text"
+    export_spec = ExportSpec(inputs=_token_inputs, preprocess=_export_preprocess,
+                             portable_args=without("pretrained"), open_clip=_open_clip_part, open_clip_slot="text",
+                             client_tokenizer=_client_tokenizer)
+    shard_spec = ShardSpec(units=open_clip_units)
 
     def __init__(self, cfg: OpenClipTextConfig) -> None:
         super().__init__()
@@ -110,7 +158,3 @@ class OpenClipTextTower(nn.Module):
             "text_cfg": dict(self._resolved.tower_cfg),
         }
 
-
-@TOWERS.register("open_clip_text", OpenClipTextConfig)
-def build_open_clip_text(cfg: OpenClipTextConfig) -> OpenClipTextTower:
-    return OpenClipTextTower(cfg)

@@ -12,12 +12,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from open_clip.transform import image_transform
 from torch import nn
 
 from mmembed.towers.base import TOWERS, Preprocessor
+from mmembed.towers.export_spec import ExportSpec, image_inputs, without
 from mmembed.towers.open_clip_common import load_tower_checkpoint, resolve_open_clip_cfg, vision_state
+from mmembed.towers.open_clip_slots import (
+    OpenClipPart,
+    PartOptions,
+    fold_matrix,
+    image_size_of,
+    module_state,
+    preprocess_cfg,
+)
+from mmembed.towers.shard_spec import ShardSpec, open_clip_units
+from mmembed.types import LinearMap
 
 
 @dataclass
@@ -40,8 +52,29 @@ class OpenClipVisionConfig:
     aug_cfg: dict[str, Any] | None = None
 
 
+def _export_preprocess(tower: nn.Module) -> dict[str, Any]:
+    cfg = tower.cfg
+    return {"kind": "image", "size": list(image_size_of(tower)),
+            "mean": list(cfg.mean or OPENAI_DATASET_MEAN), "std": list(cfg.std or OPENAI_DATASET_STD),
+            "interpolation": cfg.interpolation or "bicubic", "resize_mode": cfg.resize_mode or "shortest"}
+
+
+def _open_clip_part(tower: nn.Module, head: LinearMap, opts: PartOptions) -> OpenClipPart:
+    """open_clip's own vision module, with a linear head folded into its `proj`."""
+    info = tower.open_clip_cfg()
+    state = module_state(tower.model)
+    fold_matrix(state, "proj", head, "image head")
+    return OpenClipPart(cfg=dict(info["vision_cfg"]), state=state, quick_gelu=info["quick_gelu"],
+                        preprocess=preprocess_cfg(_export_preprocess(tower)))
+
+
+@TOWERS.register("open_clip_vision", OpenClipVisionConfig)
 class OpenClipVisionTower(nn.Module):
     modality = "image"
+    export_spec = ExportSpec(inputs=image_inputs, preprocess=_export_preprocess,
+                             portable_args=without("pretrained"), open_clip=_open_clip_part,
+                             open_clip_slot="visual")
+    shard_spec = ShardSpec(units=open_clip_units)
 
     def __init__(self, cfg: OpenClipVisionConfig) -> None:
         super().__init__()
@@ -97,7 +130,3 @@ class OpenClipVisionTower(nn.Module):
             "preprocess_cfg": {k: v for k, v in preprocess.items() if v is not None},
         }
 
-
-@TOWERS.register("open_clip_vision", OpenClipVisionConfig)
-def build_open_clip_vision(cfg: OpenClipVisionConfig) -> OpenClipVisionTower:
-    return OpenClipVisionTower(cfg)

@@ -1,4 +1,4 @@
-"""Moving and merging dict batches (tensors, nested dicts of tensors, lists of keys)."""
+"""Merging dict batches (tensors, nested dicts of tensors, lists of keys) for contrastive accumulation."""
 
 from __future__ import annotations
 
@@ -7,21 +7,14 @@ from typing import Any
 import torch
 
 
-def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
-    return batch
-
-
 def merge_batches(batches: list[Any]) -> Any:
     """Concatenate micro-batches along the batch axis, recursively (used by contrastive accumulation)."""
     first = batches[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(batches, dim=0) if first.ndim else first
     if isinstance(first, dict):
-        return {k: merge_batches([b[k] for b in batches]) for k in first}
+        # Batches of different sources hold different modalities: keep what every batch has.
+        return {k: merge_batches([b[k] for b in batches]) for k in first if all(k in b for b in batches)}
     if isinstance(first, list):
         return [item for b in batches for item in b]
     return first

@@ -14,7 +14,7 @@ from typing import Any
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from mmembed.reinforce.augment import ReplayTransform
+from mmembed.reinforced_format.augment import ReplayTransform
 
 _SIZED = (T.RandomResizedCrop, T.CenterCrop, T.Resize)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

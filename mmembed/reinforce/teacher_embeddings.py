@@ -1,48 +1,20 @@
-"""Teacher embeddings of a batch of source samples: replayed augmented images (or audio crops) and captions.
-
-The member names a reinforced sample adds to its source sample are defined here too, since the builder,
-the verifier and the training reader must agree on them.
-"""
+"""Teacher embeddings of a batch of source samples: replayed augmented images (or audio crops) and captions,
+each teacher's rows concatenated in teacher order ([N, ΣD])."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mmembed.reinforce.augment import AugRecord
 from mmembed.reinforce.teachers import Teacher
-
-PAUG = "paug.json"  # list of K augmentation records
-SYN = "syn.json"  # {"syn_text": [...]}
-ACROP = "acrop.json"  # {"sample_rate": int, "length": int, "offsets": [K ints]}
-TEXT_EMB = "text_emb"  # [1 + n_syn, ΣD], the real caption first
-MEDIA_EMB = {"image": "image_emb", "audio": "audio_emb"}  # [K, ΣD]
-TEACHERS_FILE = "teachers.json"
+from mmembed.reinforced_format.augment import AugRecord
+from mmembed.reinforced_format.crops import AudioCrops
 
 # Teacher forward passes take at most this many inputs at once (bounds activation memory).
 CHUNK = 256
-
-
-@dataclass(frozen=True)
-class AudioCrops:
-    sample_rate: int
-    length: int
-    offsets: tuple[int, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {"sample_rate": self.sample_rate, "length": self.length, "offsets": list(self.offsets)}
-
-    def clip(self, waveform: np.ndarray, k: int) -> np.ndarray:
-        """Crop k, zero-padded to `length` when the recording is shorter."""
-        start = self.offsets[k]
-        piece = waveform[start:start + self.length]
-        if piece.shape[0] < self.length:
-            piece = np.pad(piece, (0, self.length - piece.shape[0]))
-        return np.ascontiguousarray(piece, dtype=np.float32)
 
 
 def teacher_image_inputs(teacher: Teacher, images: Sequence[Image.Image],

@@ -1,4 +1,4 @@
-"""Augmentation records and their exact replay (DESIGN.md section 3, `paug.json`).
+"""Augmentation records and their exact replay (docs/design.md, "Reinforced datasets").
 
 A record is {"crop": [i, j, h, w], "flip": bool, "ops": [[op, magnitude], ...]}: the RandomResizedCrop box
 in *source* pixels (top, left, height, width), a horizontal-flip flag and the RandAugment ops with the
