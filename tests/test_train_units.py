@@ -19,9 +19,15 @@ from mmembed.train.objective import Objective
 from mmembed.train.optim import param_groups, warmup_cosine
 from mmembed.train.step import accumulated_step, plain_step
 
+# A small trainable text tower instead of the demo's frozen MiniLM: these tests need text gradients and
+# tensor token ids.
+TRAINABLE_TEXT = ("model.modalities.text={tower: {type: open_clip_text, args: {text_cfg: {context_length: 16, "
+                  "width: 32, heads: 2, layers: 1}, embed_dim: 128}}, head: {type: identity}}")
+
 
 def tiny_config(tmp_path: Path, pairs: str = "infonce"):
-    overrides = [f"output_dir={tmp_path}", f"model.pairs.0.loss={pairs}", f"model.pairs.1.loss={pairs}"]
+    overrides = [f"output_dir={tmp_path}", f"model.pairs.0.loss={pairs}", f"model.pairs.1.loss={pairs}",
+                 TRAINABLE_TEXT]
     return load_recipe(DEMO_RECIPE, overrides)
 
 
