@@ -117,13 +117,15 @@ def test_killed_run_resumes_to_the_same_weights(kind: str, request: pytest.Fixtu
 
 def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_demo: Path, tmp_path: Path) -> None:
     from mmembed.checkpoint import load_model
+    from mmembed.data.collate import stack_values
 
     run_dir = tmp_path / "run"
     done = run_cli(["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, run_dir, steps=2)])
     assert done.returncode == 0, done.stderr[-4000:]
     model, _ = load_model(run_dir)
     texts = ["a red circle on the left", "a blue square on the right"]
-    tokens = torch.stack([model.preprocessors(False)["text"](t) for t in texts])
+    # The batch the loader would make (the demo's Hugging Face tokenizer gives a dict of tensors per text).
+    tokens = stack_values("text", [model.preprocessors(False)["text"](t) for t in texts])
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save({"tokens": tokens, "images": images}, tmp_path / "inputs.pt")
     script = (
@@ -157,6 +159,7 @@ def test_shortened_demo_learns_held_out_combinations(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(data, run_dir, steps=200, **{
         "data.batch_size": 64, "train.log_every": 25, "optim.warmup_steps": 20, "data.num_workers": 1,
+        "data.resampled": "true",
         "eval.plots": "true"})
     done = run_cli(["train", str(DEMO_RECIPE), *overrides], timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]

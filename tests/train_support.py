@@ -32,6 +32,9 @@ def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -
         "train.save_every": 0,
         "data.batch_size": 16,
         "data.num_workers": 2,
+        # Epoch mode: each sample once per epoch, split across ranks and workers (what the launch, resume and
+        # sample-id tests check); the demo itself samples shards with replacement.
+        "data.resampled": "false",
         "data.train.0.urls": "[" + ",".join(f'"{s}"' for s in shards) + "]",
         "optim.warmup_steps": 2,
         "eval.every": 0,
