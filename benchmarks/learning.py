@@ -51,6 +51,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default runs/bench_learning, or runs/bench_learning_smoke)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished runs already in OUT (same steps, losses and seed): continue a stopped run")
 
 
 def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
@@ -94,6 +96,8 @@ def _shared_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--smoke")
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.reuse:
+        argv.append("--reuse")
     return argv
 
 

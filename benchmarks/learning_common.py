@@ -127,15 +127,36 @@ class SharedCaches:
                 self.caches[key] = model.feature_cache(modality)
 
 
+def finished_run(run_dir: Path, tree: Tree, seed: int) -> RunResult | None:
+    """A finished earlier run of the same recipe, steps and seed in `run_dir` (for --reuse), else None. Its
+    wall time is read from the run folder's file times (config written at start, final metrics at the end)."""
+    from omegaconf import OmegaConf
+
+    final, config = run_dir / "final_metrics.json", run_dir / "config.yaml"
+    if not (final.is_file() and config.is_file()):
+        return None
+    saved = OmegaConf.to_container(OmegaConf.load(config))
+    losses = [(p["a"], p["b"], p["loss"]) for p in saved["model"]["pairs"]]
+    if saved.get("seed") != seed or saved["train"]["steps"] != tree["train"]["steps"] or \
+            losses != [(p["a"], p["b"], p["loss"]) for p in tree["model"]["pairs"]]:
+        return None
+    seconds = final.stat().st_mtime - config.stat().st_mtime
+    return RunResult(run_dir.name, seed, json.loads(final.read_text()), seconds,
+                     median_step_seconds(run_dir, tree["data"]["batch_size"]), {"reused": True})
+
+
 def train_run(tree: Tree, run_dir: Path, seed: int, caches: SharedCaches | None = None,
-              prepare: Callable[[Any], None] | None = None) -> RunResult:
-    """Train `tree` with `seed` into `run_dir` (replaced), evaluate at the end; no plots, no checkpoints kept."""
+              prepare: Callable[[Any], None] | None = None, reuse: bool = False) -> RunResult:
+    """Train `tree` with `seed` into `run_dir` (replaced), evaluate at the end; no plots, no checkpoints kept.
+    With `reuse`, a finished run of the same recipe, steps and seed already in `run_dir` is read instead."""
     import shutil
 
     from mmembed.config import ExperimentConfig, structured_from_dict
     from mmembed.train import Trainer
 
     tree = copy.deepcopy(tree)
+    if reuse and (done := finished_run(run_dir, tree, seed)) is not None:
+        return done
     if run_dir.exists():
         shutil.rmtree(run_dir)
     tree.update(seed=seed, output_dir=str(run_dir))

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for variant in st.variants:
             for method in st.cell_methods(variant):
                 result = train_run(method_tree(method, dirs[variant], st), out / "runs" / f"{variant}_{method}_s{seed}",
-                                   seed, caches)
+                                   seed, caches, reuse=args.reuse)
                 runs.append({"variant": variant, "method": method, **vars(result)})
                 print(f"[losses] {variant} {method} seed {seed}: {_headline(result)}", flush=True)
     report = {"settings": {"seeds": st.seeds, "steps": st.steps, "batch_size": st.batch_size,

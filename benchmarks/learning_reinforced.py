@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import math
 import time
 from pathlib import Path
@@ -125,9 +126,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tree = teacher_tree(data_dir, teacher_steps)
     if smoke:
         tree["data"]["batch_size"] = 16
-    teacher = train_run(tree, teacher_dir, seed=0)
+    teacher = train_run(tree, teacher_dir, seed=0, reuse=args.reuse)
     scale, dim = _teacher_scale_and_dim(teacher_dir)
-    build = build_reinforced(teacher_dir, data_dir, out / "shards", scale)
+    build_file = out / "build.json"
+    if args.reuse and teacher.extra.get("reused") and build_file.is_file():
+        build = json.loads(build_file.read_text())  # the set built from this very teacher
+    else:
+        build = build_reinforced(teacher_dir, data_dir, out / "shards", scale)
+        save_json(build_file, build)
     print(f"[reinforced] teacher {teacher.metrics}; scale {scale:.1f}; build {build}", flush=True)
 
     runs = []
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tree["data"]["batch_size"] = 16
             if reinforced:
                 tree = reinforced_student(tree, out / "shards", dim, scale, args.lam)
-            result = train_run(tree, out / "runs" / f"{label.replace(' ', '_')}_s{seed}", seed)
+            result = train_run(tree, out / "runs" / f"{label.replace(' ', '_')}_s{seed}", seed, reuse=args.reuse)
             runs.append({"label": label, "steps": steps, **vars(result)})
             print(f"[reinforced] {label} seed {seed}: {result.metrics.get('zeroshot/image_heldout/top1')}",
                   flush=True)
