@@ -84,3 +84,25 @@ def test_smoke_run_of_the_loss_and_reinforced_experiments(tmp_path: Path) -> Non
     assert reinforced["build"]["verify_ok"] is True
     assert {r["label"] for r in reinforced["runs"]} == {"plain N", "reinforced N", "plain 2N", "plain 4N"}
     assert "teacher (frozen MiniLM text)" in (out / "reinforced" / "results.md").read_text()
+
+
+def test_reuse_keeps_only_a_finished_run_of_the_same_steps_losses_and_seed(tmp_path: Path) -> None:
+    import yaml
+
+    from benchmarks.learning_common import finished_run
+
+    tree = {"seed": 0, "train": {"steps": 100}, "data": {"batch_size": 64},
+            "model": {"pairs": [{"a": "image", "b": "text", "loss": "infonce"}]}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**tree, "model": {"pairs": [
+        {"a": "image", "b": "text", "loss": "infonce", "weight": 1.0, "args": {}}]}}))
+    (run / "metrics.jsonl").write_text('{"step": 20, "samples_per_s": 128.0}\n{"step": 40, "samples_per_s": 64.0}\n')
+    assert finished_run(run, tree, 0) is None  # not finished: no final metrics
+    (run / "final_metrics.json").write_text('{"zeroshot/image_heldout/top1": 0.5}')
+    done = finished_run(run, tree, 0)
+    assert done is not None and done.metrics == {"zeroshot/image_heldout/top1": 0.5} and done.step_seconds == 1.0
+    assert finished_run(run, tree, 1) is None
+    assert finished_run(run, {**tree, "train": {"steps": 200}}, 0) is None
+    other = {**tree, "model": {"pairs": [{"a": "image", "b": "text", "loss": "distill"}]}}
+    assert finished_run(run, other, 0) is None
