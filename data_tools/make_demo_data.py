@@ -135,6 +135,20 @@ def _labels(scene: Scene, split: Split) -> dict[str, str]:
     return {"cls": str(held.index(attrs.classname)), "cls_all": str(every.index(attrs.classname))}
 
 
+def sample_members(scene: Scene, caption_text: str, *, render: RenderSettings, rng: np.random.Generator,
+                   labels: Split | None = None) -> dict[str, bytes | str]:
+    """One demo sample's shard members: png (the scene drawn), txt (its caption), flac (the scene as sound),
+    plus cls / cls_all (the held-out and all-combination class indices) when `labels` names the split."""
+    members: dict[str, bytes | str] = {
+        "png": encode_png(render_image(scene, render.image_size, rng)),
+        "txt": caption_text,
+        "flac": encode_flac(render_audio(scene, render.sample_rate, render.audio_seconds, rng), render.sample_rate),
+    }
+    if labels is not None:
+        members.update(_labels(scene, labels))
+    return members
+
+
 def write_samples(out_dir: Path, prefix: str, scenes: list[Scene], captions: list[str], *,
                   render: RenderSettings, rng: np.random.Generator, samples_per_shard: int,
                   labels: Split | None = None, progress: bool = False) -> ShardSet:
@@ -142,15 +156,7 @@ def write_samples(out_dir: Path, prefix: str, scenes: list[Scene], captions: lis
     with SizedShardWriter(out_dir / prefix, prefix, samples_per_shard=samples_per_shard) as writer:
         bar = tqdm(scenes, desc=f"demo {prefix}", unit="sample", disable=not progress)
         for i, scene in enumerate(bar):
-            members: dict[str, bytes | str] = {
-                "png": encode_png(render_image(scene, render.image_size, rng)),
-                "txt": captions[i],
-                "flac": encode_flac(render_audio(scene, render.sample_rate, render.audio_seconds, rng),
-                                    render.sample_rate),
-            }
-            if labels is not None:
-                members.update(_labels(scene, labels))
-            writer.write(f"{prefix}{i:07d}", members)
+            writer.write(f"{prefix}{i:07d}", sample_members(scene, captions[i], render=render, rng=rng, labels=labels))
     return writer.close()
 
 
