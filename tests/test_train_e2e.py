@@ -135,13 +135,20 @@ def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_dem
         " 'image': model.encode('image', x['images'])}\n"
         "torch.save(out, sys.argv[3])\n"
     )
+    # One intra-op thread on both sides: a different thread count sums in a different order (1e-8 apart).
     child = subprocess.run([sys.executable, "-c", script, str(run_dir), str(tmp_path / "inputs.pt"),
-                            str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300, check=False)
+                            str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300, check=False,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert child.returncode == 0, child.stderr[-3000:]
     other = torch.load(tmp_path / "out.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(other["text"], model.encode("text", tokens), rtol=0, atol=0)
-        torch.testing.assert_close(other["image"], model.encode("image", images), rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(other["text"], model.encode("text", tokens), rtol=0, atol=0)
+            torch.testing.assert_close(other["image"], model.encode("image", images), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_shortened_demo_learns_held_out_combinations(tmp_path: Path) -> None:

@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from train_support import DEMO_RECIPE
+from train_support import DEMO_RECIPE, TRAINABLE_TEXT
 
 from mmembed.config import load_recipe
 from mmembed.model import build_model
 from mmembed.train.objective import Objective
 from mmembed.train.optim import param_groups, warmup_cosine
 from mmembed.train.step import accumulated_step, plain_step
-
-# A small trainable text tower instead of the demo's frozen MiniLM: these tests need text gradients and
-# tensor token ids.
-TRAINABLE_TEXT = ("model.modalities.text={tower: {type: open_clip_text, args: {text_cfg: {context_length: 16, "
-                  "width: 32, heads: 2, layers: 1}, embed_dim: 128}}, head: {type: identity}}")
 
 
 def tiny_config(tmp_path: Path, pairs: str = "infonce"):

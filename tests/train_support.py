@@ -19,6 +19,12 @@ def make_small_demo(out: Path, train_samples: int = 512, val_samples: int = 96) 
     return out
 
 
+# A small trainable open_clip text tower in place of the demo's frozen MiniLM, for tests about something
+# else that need text gradients, tensor token ids or an open_clip export without a Hugging Face model id.
+TRAINABLE_TEXT = ("model.modalities.text={tower: {type: open_clip_text, args: {text_cfg: {context_length: 16, "
+                  "width: 32, heads: 2, layers: 1}, embed_dim: 128}}, head: {type: identity}}")
+
+
 def tiny_overrides(data: Path, run_dir: Path, steps: int = 6, **extra: object) -> list[str]:
     """Shrink the demo recipe: fewer steps, smaller batch, the test's own data and output folder."""
     from omegaconf import OmegaConf
