@@ -7,7 +7,7 @@ Layout under OUT:
 - `image_text/train-*.tar`: png, txt, idx (no audio member at all);
 - `audio_text/train-*.tar`: flac, txt, idx (no image member at all);
 - `trimodal_val/val-*.tar`: png, txt, flac, idx, `cls_all` (index in classnames_all.txt) and `cls_scene`
-  (index in scenes.txt: colour, shape and position, what all three members show);
+  (index in scenes.txt: colour, shape and horizontal place, what all three members show);
 - `classnames_all.txt`, `scenes.txt`, `corpora.json` (patterns and counts).
 
 No sample is shared between the corpora: every image-text sample and every audio-text sample is its own
@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from data_tools.demo_synth import POSITIONS, Attributes, caption, encode_flac, encode_png, render_audio, render_image
-from data_tools.make_demo_data import ALL_COMBOS, TRAIN_COMBOS, _balanced_attributes
+from data_tools.demo_captions import caption
+from data_tools.demo_splits import ALL_COMBOS, SPLITS, classname
+from data_tools.demo_synth import COLUMNS, Attributes, encode_flac, encode_png, render_audio, render_image
+from data_tools.make_demo_data import balanced_attributes
 from data_tools.shard_writer import ShardSet, SizedShardWriter
 
 CORPORA = {"image_text": ("image", "text"), "audio_text": ("audio", "text")}
@@ -39,30 +41,33 @@ VAL = "trimodal_val"
 
 # -- the generator interface ----------------------------------------------------------------------------
 def attribute_sets(count: int, rng: np.random.Generator) -> list[Attributes]:
-    """`count` attribute sets of the generator's training combinations, balanced over them, shuffled."""
-    return _balanced_attributes(TRAIN_COMBOS, count, rng)
+    """`count` attribute sets of the demo's training combinations (scatter split), balanced over them and over
+    sizes and grid cells, shuffled."""
+    return balanced_attributes(SPLITS["scatter"].train_combos, count, rng)
 
 
 def render_members(attrs: Attributes, modalities: Sequence[str], rng: np.random.Generator, *, image_size: int,
                    sample_rate: int, audio_seconds: float) -> dict[str, bytes | str]:
-    """The members (png / txt / flac) of one sample with these attributes, only for `modalities`."""
+    """The members (png / txt / flac) of one single-object sample with these attributes, only for `modalities`."""
     members: dict[str, bytes | str] = {}
+    scene = (attrs,)
     if "image" in modalities:
-        members["png"] = encode_png(render_image(attrs, image_size, rng))
+        members["png"] = encode_png(render_image(scene, image_size, rng))
     if "text" in modalities:
-        members["txt"] = caption(attrs, rng)
+        members["txt"] = caption(scene, rng)
     if "audio" in modalities:
-        members["flac"] = encode_flac(render_audio(attrs, sample_rate, audio_seconds, rng), sample_rate)
+        members["flac"] = encode_flac(render_audio(scene, sample_rate, audio_seconds, rng), sample_rate)
     return members
 
 
 # -- the corpora -----------------------------------------------------------------------------------------
 def class_names() -> list[str]:
-    return [f"{colour} {shape}" for colour, shape in ALL_COMBOS]
+    return [classname(combo) for combo in ALL_COMBOS]
 
 
 def scene_names() -> list[str]:
-    return [f"{colour} {shape} on the {position}" for colour, shape in ALL_COMBOS for position in POSITIONS]
+    """Colour, shape and horizontal place (left / centre / right): what image, sound and caption all show."""
+    return [f"{classname(combo)} on the {column}" for combo in ALL_COMBOS for column in COLUMNS]
 
 
 def _write(folder: Path, prefix: str, modalities: Sequence[str], count: int, rng: np.random.Generator,
@@ -73,7 +78,7 @@ def _write(folder: Path, prefix: str, modalities: Sequence[str], count: int, rng
             members = render_members(attrs, modalities, rng, **render)
             if labelled:
                 members["cls_all"] = str(classes.index(attrs.classname))
-                members["cls_scene"] = str(scenes.index(f"{attrs.classname} on the {attrs.position}"))
+                members["cls_scene"] = str(scenes.index(f"{attrs.classname} on the {attrs.column}"))
             writer.write(f"{prefix}{i:07d}", members)
     return writer.close()
 

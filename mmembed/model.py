@@ -124,6 +124,17 @@ class MultiModalModel(nn.Module):
         self._tower(modality)
         return self._feature_caches.get(modality)
 
+    def share_feature_cache(self, modality: str, cache: FeatureCache) -> None:
+        """Serve `modality`'s frozen features from `cache` instead of this model's own cache.
+
+        For several models whose frozen tower has the *same* weights (the benchmarks train many models
+        against one frozen pretrained text tower): each distinct input is then encoded once for all of them.
+        Keeping the weights identical is the caller's responsibility.
+        """
+        if self.feature_cache(modality) is None:
+            raise ValueError(f"modality '{modality}' has no feature cache: set cache_features on its frozen tower")
+        self._feature_caches[modality] = cache
+
     def clear_feature_caches(self) -> None:
         for cache in self._feature_caches.values():
             cache.clear()

@@ -131,3 +131,17 @@ def test_cache_needs_a_fully_frozen_tower(bert_folder: Path) -> None:
     model = _model(bert_folder, cache=False)
     with pytest.raises(ValueError, match="feature cache of 'audio'"):
         MultiModalModel(dict(model.towers), dict(model.heads), {}, feature_cache_sizes={"audio": 8})
+
+
+def test_models_with_the_same_frozen_tower_can_share_one_cache(bert_folder: Path) -> None:
+    first, second = _model(bert_folder, cache=True), _model(bert_folder, cache=True)
+    shared = first.feature_cache("text")
+    second.share_feature_cache("text", shared)
+    assert second.feature_cache("text") is shared
+    with torch.no_grad():
+        want = first(_batch(first, CAPTIONS)).features["text"]
+        got = second(_batch(second, CAPTIONS)).features["text"]  # served from the first model's entries
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (shared.hits, shared.misses) == (len(CAPTIONS), len(CAPTIONS))
+    with pytest.raises(ValueError, match="'audio' has no feature cache"):
+        second.share_feature_cache("audio", shared)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
-from train_support import DEMO_RECIPE, REPO, run_cli, tiny_overrides
+from train_support import DEMO_RECIPE, REPO, TRAINABLE_TEXT, run_cli, tiny_overrides
 
 from data_tools.clip_benchmark_run import accuracy_needs_fix, topk_accuracy
 from data_tools.clip_benchmark_wds import convert, format_templates
@@ -94,7 +94,8 @@ def test_documented_clip_benchmark_command_equals_mmembed_eval(small_demo: Path,
     run_dir = tmp_path / "run"
     # Two steps: predictions still spread over several classes (checked below), so equal accuracy means the
     # two tools agree sample by sample, not merely on one constant guess.
-    done = run_cli(["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, run_dir, steps=2)])
+    # The open_clip text transformer: an hf_text tower's export would need a Hugging Face model id.
+    done = run_cli(["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, run_dir, steps=2), TRAINABLE_TEXT])
     assert done.returncode == 0, done.stderr[-3000:]
     export = tmp_path / "open_clip"
     assert run_cli(["export", str(run_dir), "--format", "open_clip", "--out", str(export)]).returncode == 0

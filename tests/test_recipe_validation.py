@@ -21,7 +21,7 @@ TEXT = {"type": "open_clip_text", "args": {"text_cfg": {"context_length": 8, "wi
 @pytest.mark.parametrize(("override", "message"), [
     ("model.modalities.audio.tower.args.n_mel=40", r"'model\.modalities\.audio\.tower\.args\.n_mel'.*'n_mels'"),
     ("model.pairs.0.args.tile=3", r"'model\.pairs\[0\]\.args\.tile'.*'tile_size'"),
-    ("model.modalities.image.head.args.bias=3", r"model\.modalities\.image\.head"),
+    ("model.modalities.image.head.args.widht=3", r"model\.modalities\.image\.head"),
     ("model.modalities.image.tower.type=vit_nope", r"model\.modalities\.image\.tower\.type: unknown tower"),
     ("model.pairs.1.loss=nope", r"model\.pairs\[1\]\.loss: unknown loss 'nope'"),
 ])

@@ -117,13 +117,15 @@ def test_killed_run_resumes_to_the_same_weights(kind: str, request: pytest.Fixtu
 
 def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_demo: Path, tmp_path: Path) -> None:
     from mmembed.checkpoint import load_model
+    from mmembed.data.collate import stack_values
 
     run_dir = tmp_path / "run"
     done = run_cli(["train", str(DEMO_RECIPE), *tiny_overrides(small_demo, run_dir, steps=2)])
     assert done.returncode == 0, done.stderr[-4000:]
     model, _ = load_model(run_dir)
     texts = ["a red circle on the left", "a blue square on the right"]
-    tokens = torch.stack([model.preprocessors(False)["text"](t) for t in texts])
+    # The batch the loader would make (the demo's Hugging Face tokenizer gives a dict of tensors per text).
+    tokens = stack_values("text", [model.preprocessors(False)["text"](t) for t in texts])
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save({"tokens": tokens, "images": images}, tmp_path / "inputs.pt")
     script = (
@@ -133,34 +135,49 @@ def test_checkpoint_reloads_in_a_new_process_with_identical_embeddings(small_dem
         " 'image': model.encode('image', x['images'])}\n"
         "torch.save(out, sys.argv[3])\n"
     )
+    # One intra-op thread on both sides: a different thread count sums in a different order (1e-8 apart).
     child = subprocess.run([sys.executable, "-c", script, str(run_dir), str(tmp_path / "inputs.pt"),
-                            str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300, check=False)
+                            str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300, check=False,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert child.returncode == 0, child.stderr[-3000:]
     other = torch.load(tmp_path / "out.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(other["text"], model.encode("text", tokens), rtol=0, atol=0)
-        torch.testing.assert_close(other["image"], model.encode("image", images), rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(other["text"], model.encode("text", tokens), rtol=0, atol=0)
+            torch.testing.assert_close(other["image"], model.encode("image", images), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_shortened_demo_learns_held_out_combinations(tmp_path: Path) -> None:
     """Zero-shot on (colour, shape) combinations never seen in training, for images and for audio.
 
-    The four held-out classes form a 2x2 block (red/blue x circle/square), so neither attribute alone names
-    the class: chance is 1/4. With 192 validation samples a model at chance has top-1 ~ binomial(192, 1/4)/192
-    with sd 3.1 points; the bar of 40% is 4.8 sd above chance (probability < 1e-6 of passing by luck per
-    modality). This run reaches 50% (image) and 73% (audio) on a 2-core CPU.
+    Half the demo's data and steps. 240 validation samples of the 8 held-out classes: a model at chance
+    scores top-1 ~ binomial(240, 1/8)/240, sd 2.1 points, so the 0.30 bar is 8 sd above chance; on the
+    generalised task (30 classes, chance 0.033, sd 1.2 points) the 0.10 bar is 6 sd above it; image->text
+    R@5 at chance is 5/240 = 0.021 (sd 0.9 points), its 0.15 bar 14 sd above. Measured on the 2-core CPU:
+    see the numbers in the final assertion message of a passing run (docs/results.md records them).
     """
     from train_support import make_small_demo
 
-    data = make_small_demo(tmp_path / "data", train_samples=1536, val_samples=192)
+    data = make_small_demo(tmp_path / "data", train_samples=1200, val_samples=240)
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(data, run_dir, steps=150, **{
-        "data.batch_size": 48, "train.log_every": 25, "eval.every": 0, "optim.warmup_steps": 15})
-    done = run_cli(["train", str(DEMO_RECIPE), *overrides], timeout=900)
+    overrides = tiny_overrides(data, run_dir, steps=200, **{
+        "data.batch_size": 64, "train.log_every": 25, "optim.warmup_steps": 20, "data.num_workers": 1,
+        "data.resampled": "true",
+        "eval.plots": "true"})
+    done = run_cli(["train", str(DEMO_RECIPE), *overrides], timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     final = json.loads((run_dir / "final_metrics.json").read_text())
-    assert final["zeroshot/image_heldout/top1"] >= 0.40, final
-    assert final["zeroshot/audio_heldout/top1"] >= 0.40, final
+    bars = {"zeroshot/image_heldout/top1": 0.30, "zeroshot/audio_heldout/top1": 0.30,
+            "zeroshot/image_all/top1": 0.10, "retrieval/val_image_text/image_to_text_R@5": 0.15}
+    assert all(final[name] >= bar for name, bar in bars.items()), final
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [line["loss"] for line in lines if "loss" in line]
     assert losses[-1] < losses[0]
+    summary = (run_dir / "summary.txt").read_text()
+    assert "image_heldout: top-1" in summary and "(chance 0.125)" in summary and "(chance 0.033)" in summary
+    plots = {p.name for p in (run_dir / "plots").glob("*.png")}
+    assert {"training_curves.png", "confusion_image_heldout.png", "confusion_audio_all.png"} <= plots

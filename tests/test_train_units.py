@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from train_support import DEMO_RECIPE
+from train_support import DEMO_RECIPE, TRAINABLE_TEXT
 
 from mmembed.config import load_recipe
 from mmembed.model import build_model
@@ -21,7 +21,8 @@ from mmembed.train.step import accumulated_step, plain_step
 
 
 def tiny_config(tmp_path: Path, pairs: str = "infonce"):
-    overrides = [f"output_dir={tmp_path}", f"model.pairs.0.loss={pairs}", f"model.pairs.1.loss={pairs}"]
+    overrides = [f"output_dir={tmp_path}", f"model.pairs.0.loss={pairs}", f"model.pairs.1.loss={pairs}",
+                 TRAINABLE_TEXT]
     return load_recipe(DEMO_RECIPE, overrides)
 
 

@@ -22,6 +22,8 @@ class ZeroShotTask:
     # "openai" | "simple" | "audio", or an explicit list of templates with "{}" for the class name.
     templates: list[str] = field(default_factory=lambda: ["openai"])
     text_modality: str = "text"
+    # One line for the end-of-run summary, e.g. what the classes are and that training never saw them.
+    note: str = ""
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RetrievalTask:
     urls: list[str] = MISSING
     a: str = "image"
     b: str = "text"
+    note: str = ""
     # Optional integer sample key (e.g. a scene or class id): also report label_R@k, the fraction of queries
     # with a candidate of their own label among the top k, for sets where many items show the same thing.
     label_key: str | None = None
@@ -48,6 +51,9 @@ class EvalConfig:
     retrieval_chunk_size: int = 1024
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     retrieval: list[RetrievalTask] = field(default_factory=list)
+    # At the end of training: write <output_dir>/plots (training curves, a confusion matrix per zero-shot
+    # task) next to summary.txt. The summary itself is always printed and written.
+    plots: bool = True
 
     def __post_init__(self) -> None:
         at_least("eval", 0, every=self.every, num_workers=self.num_workers)

@@ -55,6 +55,8 @@ class TaskResult:
     samples: int = 0
     skipped: int | None = None
     unreadable_shards: int = 0
+    # Shown in the end-of-run summary under the task's numbers (the recipe's `note`).
+    note: str = ""
     # Retrieval: each recall's value under a random ranking ("R@5", "label_R@5"), printed beside the results.
     chance: dict[str, float] = field(default_factory=dict)
 
@@ -125,7 +127,7 @@ def run_zero_shot_task(
                            device=device, progress=progress, desc=f"zeroshot/{task.name}")
     metrics = {f"zeroshot/{task.name}/{k}": v for k, v in result.metrics().items()}
     return TaskResult("zeroshot", task.name, metrics, result.confusion, classnames,
-                      time.perf_counter() - start, result.num_samples, *_skip_counts(loader))
+                      time.perf_counter() - start, result.num_samples, *_skip_counts(loader), note=task.note)
 
 
 def run_retrieval_task(
@@ -166,7 +168,7 @@ def run_retrieval_task(
     skipped, shards = _skip_counts(loader)
     return TaskResult("retrieval", task.name, metrics, seconds=time.perf_counter() - start,
                       samples=sum(len(c) for c in chunks[task.a]), skipped=skipped, unreadable_shards=shards,
-                      chance=chance)
+                      chance=chance, note=task.note)
 
 
 def run_tasks(
@@ -191,6 +193,27 @@ def run_tasks(
     return results
 
 
+def evaluate_tasks(
+    model: EncodesModalities,
+    eval_cfg: EvalConfig,
+    *,
+    device: torch.device | str,
+    progress: bool = True,
+    loader_factory: LoaderFactory | None = None,
+) -> list[TaskResult]:
+    """Every configured task's result, in eval mode under no_grad; the model's modes are restored. Each task's
+    sample counts (used, skipped) are logged."""
+    with inference_mode(model):
+        results = run_tasks(model, eval_cfg, device=device, progress=progress, loader_factory=loader_factory)
+    for result in results:
+        log.info("%s", result.counts())
+    return results
+
+
+def merged_metrics(results: Iterable[TaskResult]) -> dict[str, float]:
+    return {name: value for result in results for name, value in result.metrics.items()}
+
+
 def evaluate(
     model: EncodesModalities,
     eval_cfg: EvalConfig,
@@ -200,10 +223,5 @@ def evaluate(
     loader_factory: LoaderFactory | None = None,
 ) -> dict[str, float]:
     """All metrics of all configured tasks, in eval mode under no_grad; the model's modes are restored."""
-    metrics: dict[str, float] = {}
-    with inference_mode(model):
-        for result in run_tasks(model, eval_cfg, device=device, progress=progress,
-                                loader_factory=loader_factory):
-            metrics.update(result.metrics)
-            log.info("%s", result.counts())
-    return metrics
+    return merged_metrics(evaluate_tasks(model, eval_cfg, device=device, progress=progress,
+                                         loader_factory=loader_factory))

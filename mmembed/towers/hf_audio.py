@@ -24,7 +24,7 @@ from transformers import AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtract
 from mmembed.towers.audio_crops import ClipWaveform, CropPolicy, clip_batch, encode_windows
 from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.export_spec import NO_AUDIO_SLOT, ExportSpec, waveform_inputs, waveform_preprocess
-from mmembed.towers.hf_common import set_hf_grad_checkpointing
+from mmembed.towers.hf_common import quiet_loading, set_hf_grad_checkpointing
 from mmembed.towers.shard_spec import ShardSpec, hf_units
 
 # Extractors whose numpy code has an exact torch twin: extractor class -> (extractor, clips) -> kwargs.
@@ -129,7 +129,8 @@ class HFAudioTower(nn.Module):
         folder = _model_folder(cfg.path)
         self.cfg = cfg
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        with quiet_loading():
+            model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         # Whisper-style encoder-decoders: only the encoder embeds audio, and decoder parameters that never
         # get a gradient would break DDP.
         self.model = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' own "Loading weights" progress bar off while a local model loads (restored after): it is
+    noise on every run that builds the tower, and it broke the one-line contract of user-error output."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def set_hf_grad_checkpointing(model: nn.Module, enable: bool) -> None:

@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from mmembed.towers.base import TOWERS, Preprocessor
 from mmembed.towers.export_spec import ClientTokenizer, ExportSpec, InputSpec
-from mmembed.towers.hf_common import set_hf_grad_checkpointing
+from mmembed.towers.hf_common import quiet_loading, set_hf_grad_checkpointing
 from mmembed.towers.open_clip_slots import NotExpressibleError, OpenClipPart, PartOptions, module_state
 from mmembed.towers.shard_spec import ShardSpec, hf_units
 from mmembed.types import LinearMap
@@ -253,7 +253,8 @@ class HFTextTower(nn.Module):
             raise ValueError(f"hf_text: unknown pooling '{self.pooling}'; known: {sorted(POOLINGS)}")
         explicit = cfg.normalize_features
         self.normalize_features = explicit if explicit is not None else layout.normalize
-        self.model = AutoModel.from_pretrained(layout.model_dir, local_files_only=True, dtype=torch.float32)
+        with quiet_loading():
+            self.model = AutoModel.from_pretrained(layout.model_dir, local_files_only=True, dtype=torch.float32)
         # BERT-style models carry a pooler (dense + tanh over [CLS]) that no pooling here uses; its
         # parameters would never get a gradient, which DDP rejects as unused parameters.
         if getattr(self.model, "pooler", None) is not None:

@@ -109,6 +109,8 @@ class Trainer:
         self.data_consumed: dict[int, int] = dict(self.state.data_consumed)
         self.next_worker = self.state.next_worker
         self.data_skipped: dict[int, int] = {}
+        # The latest evaluation's per-task results (mmembed.eval.TaskResult), for the end-of-run summary.
+        self.last_eval: list[Any] = []
         self.batch_keys: list[str] = []
         self.step_lr = 0.0
         self.micro_sources: list[int] = []
@@ -356,15 +358,19 @@ class Trainer:
 
     def _evaluate(self, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
+        self.last_eval = []
         acc = self.accelerator
         # A sharded model's forward is a collective: every rank evaluates the same data, the main one reports.
         if (acc.is_main_process or self.sharded) and (self.config.eval.zeroshot or self.config.eval.retrieval):
-            from mmembed.eval import evaluate, format_table
+            from mmembed.eval import format_table
+            from mmembed.eval.evaluate import evaluate_tasks, merged_metrics
 
             # Under FSDP with bf16, blocks hold bf16 weights: autocast casts each op, as open_clip's eval does.
             with acc.autocast() if self.sharded else nullcontext():
-                results = evaluate(self.unwrapped, self.config.eval, device=acc.device)
+                tasks = evaluate_tasks(self.unwrapped, self.config.eval, device=acc.device)
+            results = merged_metrics(tasks)
             if acc.is_main_process:
+                self.last_eval = tasks
                 self.metrics.log(step, {f"eval/{k}": v for k, v in results.items()})
                 progress_write(f"evaluation at step {step}:\n{format_table(results)}")
         acc.wait_for_everyone()
@@ -379,4 +385,9 @@ class Trainer:
             clean = {k: v for k, v in results.items() if math.isfinite(v)}
             (self.run_dir / "final_metrics.json").write_text(json.dumps(clean, indent=2))
         self.metrics.close()
+        if self.accelerator.is_main_process:
+            from mmembed.eval.summary import write_run_report
+
+            progress_write(write_run_report(self.run_dir, self.last_eval, title=f"{self.config.name}: {step} steps",
+                                            plots=self.config.eval.plots))
         return results
