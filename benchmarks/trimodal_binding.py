@@ -45,15 +45,24 @@ def run_one(seed: int, out: Path, overrides: list[str]) -> dict[str, object]:
     return {"seed": seed, "seconds": seconds, "eval": by_step}
 
 
-def chance(samples: int, scenes: int) -> dict[str, str]:
-    """R@k = k/N for the exact partner; label R@1 = 1/scenes for a balanced set."""
+def label_chance(counts: list[int]) -> float:
+    """P(a random candidate carries the query's label), averaged over queries: sum of n_l^2 / N^2."""
+    total = sum(counts)
+    return sum(n * n for n in counts) / (total * total)
+
+
+def chance(corpora: dict[str, object]) -> dict[str, str]:
+    """R@k = k/N for the exact partner; label R@1 from the val set's label counts; zero-shot 1/classes."""
+    counts = corpora["val_label_counts"]
+    samples, classes = sum(counts["cls_scene"]), len(counts["cls_all"])
+    scene = label_chance(counts["cls_scene"])
     return {f"{TASK}/audio_to_image_R@1": f"{1 / samples:.4f}", f"{TASK}/audio_to_image_R@5": f"{5 / samples:.4f}",
             f"{TASK}/image_to_audio_R@1": f"{1 / samples:.4f}", f"{TASK}/image_to_audio_R@5": f"{5 / samples:.4f}",
-            f"{TASK}/audio_to_image_label_R@1": f"{1 / scenes:.4f}",
-            f"{TASK}/image_to_audio_label_R@1": f"{1 / scenes:.4f}",
+            f"{TASK}/audio_to_image_label_R@1": f"{scene:.4f}",
+            f"{TASK}/image_to_audio_label_R@1": f"{scene:.4f}",
             "retrieval/val_image_text/image_to_text_R@1": f"{1 / samples:.4f}",
             "retrieval/val_audio_text/audio_to_text_R@1": f"{1 / samples:.4f}",
-            "zeroshot/audio_val/top1": f"{1 / 12:.4f}", "zeroshot/image_val/top1": f"{1 / 12:.4f}"}
+            "zeroshot/audio_val/top1": f"{1 / classes:.4f}", "zeroshot/image_val/top1": f"{1 / classes:.4f}"}
 
 
 def _cell(values: list[float]) -> str:
@@ -61,11 +70,11 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
-def markdown(runs: list[dict[str, object]], samples: int, scenes: int) -> str:
+def markdown(runs: list[dict[str, object]], corpora: dict[str, object]) -> str:
     steps = sorted({s for r in runs for s in r["eval"]})
     lines = ["| metric | " + " | ".join(f"step {s}" for s in steps) + " | chance |",
              "|---|" + "---|" * (len(steps) + 1)]
-    base = chance(samples, scenes)
+    base = chance(corpora)
     for metric in REPORTED:
         cells = [_cell([r["eval"][s][metric] for r in runs]) for s in steps]
         lines.append(f"| {metric} | " + " | ".join(cells) + f" | {base[metric]} |")
@@ -79,14 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_trimodal_binding"))
-    parser.add_argument("--val-samples", type=int, default=320, help="size of the tri-modal val set (for chance)")
-    parser.add_argument("--scenes", type=int, default=16, help="distinct scenes in the val set (for chance)")
+    parser.add_argument("--corpora", type=Path, default=Path("data/demo/corpora"),
+                        help="the corpora the recipe reads (their corpora.json gives the chance levels)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.steps=150")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_one(seed, args.out, args.overrides) for seed in args.seeds]
     (args.out / "results.json").write_text(json.dumps(runs, indent=2) + "\n")
-    table = markdown(runs, args.val_samples, args.scenes)
+    table = markdown(runs, json.loads((args.corpora / "corpora.json").read_text()))
     (args.out / "results.md").write_text(table)
     print(table)
 
