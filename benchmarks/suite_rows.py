@@ -81,7 +81,8 @@ def tiny_sizes(device: str, workers: int) -> Sizes:
                  max_batch=8, steps=6, log_every=2, workers=workers, compile_env=compile_env,
                  loss_sizes=(512, 1024), loss_dim=64, loss_tile=128, loss_repeats=2,
                  demo_data_args=("--train-samples", "256", "--val-samples", "64", "--samples-per-shard", "32"),
-                 demo_overrides=("eval.every=0", "train.steps=6", "train.log_every=2", "train.save_every=0"))
+                 demo_overrides=("eval.every=0", "eval.zeroshot=[]", "eval.retrieval=[]", "train.steps=6",
+                                 "train.log_every=2", "train.save_every=0"))
 
 
 @dataclass
