@@ -17,6 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
+from benchmarks.run_metrics import evaluations
+
 RECIPES = {"cwcl": "recipes/speech_cwcl.yaml", "infonce": "recipes/speech_infonce.yaml"}
 REPORTED = (
     "zeroshot/heldout_commands/top1",
@@ -37,13 +41,7 @@ def run_one(loss: str, seed: int, steps: int, eval_every: int, out: Path) -> dic
     start = time.perf_counter()
     Trainer(load_recipe(RECIPES[loss], overrides), overwrite=True).fit()  # a re-run replaces its own runs
     seconds = time.perf_counter() - start
-    by_step: dict[int, dict[str, float]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
-        if evals:
-            by_step.setdefault(int(record["step"]), {}).update(evals)
-    return {"loss": loss, "seed": seed, "steps": steps, "seconds": seconds, "eval": by_step}
+    return {"loss": loss, "seed": seed, "steps": steps, "seconds": seconds, "eval": evaluations(run_dir)}
 
 
 def _cell(values: list[float]) -> str:

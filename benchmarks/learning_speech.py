@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks` importable
+
+from benchmarks.run_metrics import evaluations  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,18 +121,7 @@ def run_one(method: str, seed: int, info: dict[str, Any], out: Path, overrides: 
     print(f"{method} seed {seed}: {seconds:.0f} s", flush=True)
     return {"method": method, "seed": seed, "seconds": seconds,
             "metrics": {k: float(v) for k, v in metrics.items() if k.startswith("zeroshot/")},
-            "curve": eval_curve(run_dir / "metrics.jsonl")}
-
-
-def eval_curve(log: Path) -> dict[str, dict[str, float]]:
-    """str(step) -> zero-shot metrics of each evaluation in a run's metrics.jsonl (str: JSON's key type)."""
-    curve: dict[str, dict[str, float]] = {}
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        evals = {k[len("eval/"):]: float(v) for k, v in record.items() if k.startswith("eval/zeroshot/")}
-        if evals:
-            curve.setdefault(str(record["step"]), {}).update(evals)
-    return curve
+            "curve": {str(step): values for step, values in evaluations(run_dir, "eval/zeroshot/").items()}}
 
 
 def _cell(values: list[float]) -> str:

@@ -14,8 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
+from benchmarks.run_metrics import evaluations
 
 RECIPE = "recipes/trimodal_bind.yaml"
 TASK = "retrieval/val_audio_image"
@@ -36,13 +41,7 @@ def run_one(seed: int, out: Path, overrides: list[str]) -> dict[str, object]:
     config = load_recipe(RECIPE, [f"seed={seed}", f"output_dir={run_dir}", "train.save_every=0", *overrides])
     Trainer(config, overwrite=True).fit()  # a re-run replaces its own runs
     seconds = time.perf_counter() - start
-    by_step: dict[int, dict[str, float]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
-        if evals:
-            by_step.setdefault(int(record["step"]), {}).update(evals)
-    return {"seed": seed, "seconds": seconds, "eval": by_step}
+    return {"seed": seed, "seconds": seconds, "eval": evaluations(run_dir)}
 
 
 def label_chance(counts: list[int]) -> float:

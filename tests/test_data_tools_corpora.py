@@ -82,3 +82,13 @@ def test_binding_chance_comes_from_the_val_label_counts(small_corpora: Path) -> 
     simulated = float(np.mean(labels[rng.integers(len(labels), size=200_000)] == np.resize(labels, 200_000)))
     assert abs(float(levels["retrieval/val_audio_image/audio_to_image_label_R@1"]) - simulated) < 0.005
     assert levels["zeroshot/image_val/top1"] == f"{1 / 30:.4f}"
+
+
+def test_run_evaluations_are_read_by_step(tmp_path: Path) -> None:
+    from benchmarks.run_metrics import evaluations
+
+    lines = [{"step": 10, "loss": 1.0}, {"step": 20, "eval/zeroshot/a/top1": 0.5, "eval/retrieval/b/R@1": 0.25},
+             {"step": 20, "eval/zeroshot/c/top1": 1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert evaluations(tmp_path) == {20: {"zeroshot/a/top1": 0.5, "retrieval/b/R@1": 0.25, "zeroshot/c/top1": 1.0}}
+    assert evaluations(tmp_path, "eval/zeroshot/") == {20: {"zeroshot/a/top1": 0.5, "zeroshot/c/top1": 1.0}}
