@@ -3,6 +3,7 @@ each teacher's rows concatenated in teacher order ([N, ΣD])."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,20 +27,23 @@ def teacher_image_inputs(teacher: Teacher, images: Sequence[Image.Image],
     return torch.stack([replay(img, rec) for img, recs in zip(images, records) for rec in recs])
 
 
-def _chunked(encode, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    return torch.cat([encode(inputs[i:i + CHUNK]).cpu() for i in range(0, inputs.shape[0], CHUNK)])
+def _chunked(encode, inputs: torch.Tensor | Sequence) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """`encode` over `inputs` (a tensor or a list) in chunks of CHUNK rows, concatenated on the CPU."""
+    return torch.cat([encode(inputs[i:i + CHUNK]).cpu() for i in range(0, len(inputs), CHUNK)])
+
+
+def _per_sample(parts: list[torch.Tensor], counts: Sequence[int]) -> list[np.ndarray]:
+    """The teachers' row blocks side by side ([rows, ΣD]), split into consecutive blocks of `counts` rows."""
+    flat = torch.cat(parts, dim=1).numpy()
+    edges = np.cumsum([0, *counts])
+    return [flat[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def image_embeddings(teachers: Sequence[Teacher], images: Sequence[Image.Image],
                      records: Sequence[Sequence[AugRecord]]) -> list[np.ndarray]:
     """Per sample [K, ΣD] (teachers concatenated in order)."""
     parts = [_chunked(t.encode_images, teacher_image_inputs(t, images, records)) for t in teachers]
-    flat = torch.cat(parts, dim=1).numpy()
-    out, start = [], 0
-    for recs in records:
-        out.append(flat[start:start + len(recs)])
-        start += len(recs)
-    return out
+    return _per_sample(parts, [len(recs) for recs in records])
 
 
 def audio_embeddings(teachers: Sequence[Teacher], waveforms: Sequence[np.ndarray],
@@ -50,28 +54,12 @@ def audio_embeddings(teachers: Sequence[Teacher], waveforms: Sequence[np.ndarray
     if len(rates) != 1:
         raise ValueError(f"one batch of audio must share a sample rate, got {sorted(rates)}")
     rate = rates.pop()
-    parts = []
-    for teacher in teachers:
-        parts.append(torch.cat([teacher.encode_audio(clips[i:i + CHUNK], rate).cpu()
-                                for i in range(0, len(clips), CHUNK)]))
-    flat = torch.cat(parts, dim=1).numpy()
-    out, start = [], 0
-    for c in crops:
-        out.append(flat[start:start + len(c.offsets)])
-        start += len(c.offsets)
-    return out
+    parts = [_chunked(lambda chunk, t=t: t.encode_audio(chunk, rate), clips) for t in teachers]
+    return _per_sample(parts, [len(c.offsets) for c in crops])
 
 
 def text_embeddings(teachers: Sequence[Teacher], texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Per sample [len(texts[i]), ΣD]: one row per caption (real first, then synthetic)."""
     flat_texts = [t for group in texts for t in group]
-    parts = []
-    for teacher in teachers:
-        parts.append(torch.cat([teacher.encode_texts(flat_texts[i:i + CHUNK]).cpu()
-                                for i in range(0, len(flat_texts), CHUNK)]))
-    flat = torch.cat(parts, dim=1).numpy()
-    out, start = [], 0
-    for group in texts:
-        out.append(flat[start:start + len(group)])
-        start += len(group)
-    return out
+    parts = [_chunked(t.encode_texts, flat_texts) for t in teachers]
+    return _per_sample(parts, [len(group) for group in texts])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmembed.towers.log_mel import LogMel
+from mmembed.towers.log_mel import LogMel, mel_decibels
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
@@ -51,12 +51,7 @@ class ConvLogMel(nn.Module):
         spec = F.conv1d(padded, self.basis, stride=self.hop_length)
         bins = self.basis.shape[0] // 2
         power = spec[:, :bins].square() + spec[:, bins:].square()
-        mel = torch.matmul(self.mel_fb, power)
-        log_mel = 10.0 * torch.log10(mel.clamp(min=self.amin))
-        if self.top_db is not None:
-            peak = log_mel.amax(dim=(-2, -1), keepdim=True)
-            log_mel = torch.maximum(log_mel, peak - self.top_db)
-        return log_mel
+        return mel_decibels(self.mel_fb, power, self.amin, self.top_db)
 
 
 def centre_crop_or_pad(waveform: torch.Tensor, length: int) -> torch.Tensor:

@@ -49,12 +49,18 @@ class LogMel(nn.Module):
                               win_length=self.win_length, window=self.window, center=True,
                               pad_mode=self.pad_mode, return_complex=True)
             power = spec.real.square() + spec.imag.square()
-            mel = torch.matmul(self.mel_fb, power)
-            log_mel = 10.0 * torch.log10(mel.clamp(min=self.amin))
-            if self.top_db is not None:
-                peak = log_mel.amax(dim=(-2, -1), keepdim=True)
-                log_mel = torch.maximum(log_mel, peak - self.top_db)
-        return log_mel
+            return mel_decibels(self.mel_fb, power, self.amin, self.top_db)
+
+
+def mel_decibels(mel_fb: torch.Tensor, power: torch.Tensor, amin: float, top_db: float | None) -> torch.Tensor:
+    """Power spectrogram [..., freq, time] -> log-mel in dB, floored `top_db` below each clip's peak (the one
+    implementation for the tower and its ONNX-friendly twin in conv_stft)."""
+    mel = torch.matmul(mel_fb, power)
+    log_mel = 10.0 * torch.log10(mel.clamp(min=amin))
+    if top_db is not None:
+        peak = log_mel.amax(dim=(-2, -1), keepdim=True)
+        log_mel = torch.maximum(log_mel, peak - top_db)
+    return log_mel
 
 
 def crop_or_pad(waveform: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
