@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -158,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        print(f"mmembed {args.command}: error: {one_line(err)}", file=sys.stderr)
+        print(f"mmembed {args.command}: error: {one_line(err)}", file=sys.stderr, flush=True)
+        # A rank stopped by another rank's failure lets that rank print first (collective.PeerFailure).
+        time.sleep(getattr(err, "exit_grace_s", 0.0))
         return 2
 
 

@@ -12,7 +12,14 @@ from mmembed.errors import UserError
 
 
 class PeerFailure(UserError, RuntimeError):
-    """Another rank failed; this one stops too instead of waiting for it in a collective."""
+    """Another rank failed; this one stops too instead of waiting for it in a collective.
+
+    `exit_grace_s`: after printing its own line, this rank waits that long before exiting. Launchers
+    (torchrun, accelerate) stop every rank as soon as one exits; were a peer to exit first, the failing
+    rank could be stopped before it prints the error that says what actually went wrong.
+    """
+
+    exit_grace_s = 5.0
 
 
 def agree_on_failure(failure: BaseException | None, doing: str, device: torch.device | str = "cpu") -> None:

@@ -88,6 +88,26 @@ def test_internal_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> 
     assert not issubclass(ZeroDivisionError, UserError)
 
 
+def test_a_rank_stopped_by_a_peer_waits_before_exiting(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The rank that failed must get to print its error before a launcher stops it for a peer's exit."""
+    from mmembed.collective import PeerFailure
+
+    waits: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    for error in (UserError("train.steps must be positive"),
+                  PeerFailure("rank 0 failed while loading its next batch; rank 1 stops too")):
+        def train(args: object, error: Exception = error) -> int:
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "train", train)
+        assert cli.main(["train", str(DEMO_RECIPE)]) == 2
+    assert waits == [0.0, PeerFailure.exit_grace_s] and PeerFailure.exit_grace_s >= 1.0
+    assert capsys.readouterr().err.splitlines() == [
+        "mmembed train: error: train.steps must be positive",
+        "mmembed train: error: rank 0 failed while loading its next batch; rank 1 stops too"]
+
+
 def test_usage_errors_of_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = _error_line(capsys, ["reinforce", "--verify", str(tmp_path), "--detect", "2"], "reinforce")
     assert "manifest.json" in line  # the folder is checked first; a real one then gets the --detect check
