@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.demo_captions import caption
 from data_tools.demo_splits import ALL_COMBOS, SPLITS, Combo, Split, classname
@@ -50,6 +49,7 @@ from data_tools.demo_synth import (
     render_image,
 )
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from mmembed.progress import progress_iter
 
 # Random streams of one split, each from (seed, split, stream): changing one choice never moves another.
 _STREAMS = {"attributes": 0, "captions": 1, "render": 2, "noise": 3}
@@ -154,8 +154,8 @@ def write_samples(out_dir: Path, prefix: str, scenes: list[Scene], captions: lis
                   labels: Split | None = None, progress: bool = False) -> ShardSet:
     """Render and write one shard set: png + txt + flac (+ cls / cls_all when `labels` names the split)."""
     with SizedShardWriter(out_dir / prefix, prefix, samples_per_shard=samples_per_shard) as writer:
-        bar = tqdm(scenes, desc=f"demo {prefix}", unit="sample", disable=not progress)
-        for i, scene in enumerate(bar):
+        shown = progress_iter(scenes, total=len(scenes), desc=f"demo {prefix}", unit="sample", disable=not progress)
+        for i, scene in enumerate(shown):
             writer.write(f"{prefix}{i:07d}", sample_members(scene, captions[i], render=render, rng=rng, labels=labels))
     return writer.close()
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from data_tools.shard_writer import ShardSet, SizedShardWriter
 from mmembed.data.decode import DecodeError, decode_audio, decode_image
+from mmembed.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -119,8 +118,9 @@ def make_shards(records: Sequence[CaptionRecord], root: str | Path, out_dir: str
     kind, root = MEDIA_KINDS[modality], Path(root)
     skipped: list[tuple[str, str]] = []
     with SizedShardWriter(out_dir, prefix, samples_per_shard=samples_per_shard) as writer:
-        bar = tqdm(records, desc=f"{modality} -> {prefix}", unit="sample", disable=not progress)
-        for row, record in enumerate(bar):
+        bar = progress_bar(total=len(records), desc=f"{modality} -> {prefix}", unit="sample", disable=not progress)
+        for row, record in enumerate(records):
+            bar.update(1)
             try:
                 members = _sample_members(record, root, kind, verify)
             except ValueError as err:
@@ -128,6 +128,7 @@ def make_shards(records: Sequence[CaptionRecord], root: str | Path, out_dir: str
                 bar.set_postfix(skipped=len(skipped))
                 continue
             writer.write(f"{prefix}{row:09d}", members)
+        bar.close()
     shards = writer.close()
     return ShardReport(shards, shards.num_samples, skipped)
 

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
-from tqdm import tqdm
 
 from data_tools.demo_synth import encode_flac
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from mmembed.progress import progress_iter
 
 VERBS: tuple[str, ...] = ("turn", "move", "look", "jump", "point", "walk")
 TARGETS: tuple[str, ...] = ("left", "right", "up", "down", "forward", "back", "home", "out")
@@ -146,8 +146,8 @@ def write_split(out_dir: Path, split: str, vocabulary: Sequence[str], count: int
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split] if stream is None else stream])
     utterances = draw_utterances(vocabulary, count, rng, voices)
     with SizedShardWriter(out_dir / split, split, samples_per_shard=samples_per_shard) as writer:
-        clips = tqdm(synthesise_clips(utterances, sample_rate, workers), total=count, desc=f"speech {split}",
-                     unit="clip", disable=not progress)
+        clips = progress_iter(synthesise_clips(utterances, sample_rate, workers), total=count,
+                              desc=f"speech {split}", unit="clip", disable=not progress)
         for i, (utt, wave) in enumerate(zip(utterances, clips)):
             members: dict[str, bytes | str] = {"flac": encode_flac(wave, sample_rate), "txt": utt.caption}
             if labelled:

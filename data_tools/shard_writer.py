@@ -18,11 +18,11 @@ from pathlib import Path
 from types import TracebackType
 
 import webdataset as wds
-from tqdm import tqdm
 
 from mmembed.data.sources import expand_urls
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import shard_samples
+from mmembed.progress import progress as progress_bar
 
 SIZES_FILE = "sizes.json"
 INDEX_KEY = "idx"
@@ -117,7 +117,7 @@ def reshard(urls: str | list[str], out_dir: str | Path, prefix: str, *, samples_
     """Copy the samples of existing shards into sized shards with fresh dense `idx` and a sizes.json."""
     stats = SkipStats()
     with SizedShardWriter(out_dir, prefix, samples_per_shard=samples_per_shard) as writer, \
-            tqdm(desc=f"reshard -> {prefix}", unit="sample", disable=not progress) as bar:
+            progress_bar(desc=f"reshard -> {prefix}", unit="sample", disable=not progress) as bar:
         for url in expand_urls(urls):
             for raw in shard_samples(url, stats):
                 members = {k: v for k, v in raw.items() if not k.startswith("__") and k != INDEX_KEY}
