@@ -128,21 +128,27 @@ class SharedCaches:
 
 
 def finished_run(run_dir: Path, tree: Tree, seed: int) -> RunResult | None:
-    """A finished earlier run of the same recipe, steps and seed in `run_dir` (for --reuse), else None. Its
-    wall time is read from the run folder's file times (config written at start, final metrics at the end)."""
+    """A finished earlier run of the same steps, seed and pair losses (with their arguments) in `run_dir` (for
+    --reuse), else None. Its wall time is read from the run folder's file times (config written at start,
+    final metrics at the end)."""
     from omegaconf import OmegaConf
 
     final, config = run_dir / "final_metrics.json", run_dir / "config.yaml"
     if not (final.is_file() and config.is_file()):
         return None
     saved = OmegaConf.to_container(OmegaConf.load(config))
-    losses = [(p["a"], p["b"], p["loss"]) for p in saved["model"]["pairs"]]
     if saved.get("seed") != seed or saved["train"]["steps"] != tree["train"]["steps"] or \
-            losses != [(p["a"], p["b"], p["loss"]) for p in tree["model"]["pairs"]]:
+            _pairs(saved) != _pairs(tree):
         return None
     seconds = final.stat().st_mtime - config.stat().st_mtime
     return RunResult(run_dir.name, seed, json.loads(final.read_text()), seconds,
                      median_step_seconds(run_dir, tree["data"]["batch_size"]), {"reused": True})
+
+
+def _pairs(tree: Tree) -> list[tuple[str, str, str, str]]:
+    """Each pair's sides, loss and loss arguments (e.g. distill's λ), comparable across runs."""
+    return [(p["a"], p["b"], p["loss"], json.dumps(p.get("args") or {}, sort_keys=True))
+            for p in tree["model"]["pairs"]]
 
 
 def train_run(tree: Tree, run_dir: Path, seed: int, caches: SharedCaches | None = None,

@@ -82,7 +82,8 @@ def test_smoke_run_of_the_loss_and_reinforced_experiments(tmp_path: Path) -> Non
     _smoke("reinforced", out)
     reinforced = json.loads((out / "reinforced" / "results.json").read_text())
     assert reinforced["build"]["verify_ok"] is True
-    assert {r["label"] for r in reinforced["runs"]} == {"plain N", "reinforced N", "plain 2N", "plain 4N"}
+    assert {r["label"] for r in reinforced["runs"]} == {"plain N", "reinforced N", "reinforced N, no teacher (λ = 0)",
+                                                       "plain 2N", "plain 4N"}
     assert "teacher (frozen MiniLM text)" in (out / "reinforced" / "results.md").read_text()
 
 
@@ -106,3 +107,5 @@ def test_reuse_keeps_only_a_finished_run_of_the_same_steps_losses_and_seed(tmp_p
     assert finished_run(run, {**tree, "train": {"steps": 200}}, 0) is None
     other = {**tree, "model": {"pairs": [{"a": "image", "b": "text", "loss": "distill"}]}}
     assert finished_run(run, other, 0) is None
+    other_args = {**tree, "model": {"pairs": [{"a": "image", "b": "text", "loss": "infonce", "args": {"x": 1}}]}}
+    assert finished_run(run, other_args, 0) is None  # e.g. distill at another λ
