@@ -159,7 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        print(f"mmembed {args.command}: error: {one_line(err)}", file=sys.stderr, flush=True)
+        # One write per line: ranks share the launcher's stderr, and print's separate newline let another
+        # rank's line land in between.
+        sys.stderr.write(f"mmembed {args.command}: error: {one_line(err)}\n")
+        sys.stderr.flush()
         # A rank stopped by another rank's failure lets that rank print first (collective.PeerFailure).
         time.sleep(getattr(err, "exit_grace_s", 0.0))
         return 2
