@@ -17,13 +17,13 @@ image or a label is counted, logged with its key and skipped; a label outside th
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
 
+from data_tools.tool_args import add_shard_output, tool_parser
 from mmembed.data.sources import expand_urls
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import shard_samples
@@ -99,15 +99,13 @@ def convert(urls: str | list[str], classnames: str | Path, out: str | Path, *, l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.clip_benchmark_wds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser("clip_benchmark_wds", __doc__)
     parser.add_argument("urls", nargs="+", help="mmembed shards (brace patterns allowed)")
     parser.add_argument("--classnames", required=True, help="one class name per line, in label order")
-    parser.add_argument("--out", required=True, type=Path)
+    add_shard_output(parser, default_out=None, samples_per_shard=10000)
     parser.add_argument("--label-key", default="cls", help="sample member holding the label (default: cls)")
     parser.add_argument("--templates", default="openai", help="as `mmembed eval --templates` (default: openai)")
     parser.add_argument("--split", default="test", help="clip_benchmark's --split (default: test)")
-    parser.add_argument("--samples-per-shard", type=int, default=10000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     done = convert(args.urls, args.classnames, args.out, label_key=args.label_key, templates=args.templates,

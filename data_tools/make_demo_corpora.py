@@ -23,7 +23,6 @@ generator needs only those two adapted.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from data_tools.demo_splits import ALL_COMBOS, SPLITS
 from data_tools.demo_synth import COLUMNS, Attributes, encode_flac, encode_png, render_audio, render_image
 from data_tools.make_demo_data import balanced_attributes
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from data_tools.tool_args import add_shard_output, tool_parser
 
 CORPORA = {"image_text": ("image", "text"), "audio_text": ("audio", "text")}
 TRAIN_COMBOS = SPLITS["scatter"].train_combos
@@ -118,12 +118,10 @@ def make_demo_corpora(out_dir: str | Path, *, corpus_samples: int = 1000, val_sa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.make_demo_corpora", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/demo/corpora"), help="output directory")
+    parser = tool_parser("make_demo_corpora", __doc__)
+    add_shard_output(parser, default_out=Path("data/demo/corpora"), samples_per_shard=125)
     parser.add_argument("--corpus-samples", type=int, default=1000, help="samples per training corpus")
     parser.add_argument("--val-samples", type=int, default=320)
-    parser.add_argument("--samples-per-shard", type=int, default=125)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     info = make_demo_corpora(args.out, corpus_samples=args.corpus_samples, val_samples=args.val_samples,

@@ -26,7 +26,6 @@ clean set of the same seed. Validation is never noisy.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from data_tools.demo_synth import (
     render_image,
 )
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from data_tools.tool_args import add_shard_output, tool_parser
 from mmembed.progress import progress_iter
 
 # Random streams of one split, each from (seed, split, stream): changing one choice never moves another.
@@ -214,16 +214,14 @@ def make_demo_data(out_dir: str | Path, *, split: str = "scatter", train_samples
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.make_demo_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output directory")
+    parser = tool_parser("make_demo_data", __doc__)
+    add_shard_output(parser, default_out=Path("data/demo"), samples_per_shard=300)
     parser.add_argument("--split", choices=sorted(SPLITS), default="scatter")
     parser.add_argument("--train-samples", type=int, default=2400)
     parser.add_argument("--val-samples", type=int, default=480)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--audio-seconds", type=float, default=1.0)
-    parser.add_argument("--samples-per-shard", type=int, default=300)
     parser.add_argument("--caption-noise", type=float, default=0.0,
                         help="fraction of training captions replaced by another sample's")
     parser.add_argument("--two-objects", type=float, default=0.0,

@@ -13,7 +13,6 @@ reported and skipped.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from data_tools.tool_args import add_shard_output, tool_parser
 from mmembed.data.decode import DecodeError, decode_audio, decode_image
 from mmembed.progress import progress as progress_bar
 
@@ -134,14 +134,12 @@ def make_shards(records: Sequence[CaptionRecord], root: str | Path, out_dir: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.make_shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser("make_shards", __doc__)
     parser.add_argument("modality", choices=sorted(MEDIA_KINDS))
     parser.add_argument("--root", type=Path, required=True, help="folder the file column is relative to")
     parser.add_argument("--captions", type=Path, required=True, help="CSV/TSV or JSONL caption table")
-    parser.add_argument("--out", type=Path, required=True, help="output shard directory")
+    add_shard_output(parser, default_out=None, samples_per_shard=1000, out_help="output shard directory")
     parser.add_argument("--prefix", default="shard")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
     parser.add_argument("--file-column", default="file")
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--label-column", default=None, help="optional integer label column, stored as cls")

@@ -20,7 +20,6 @@ on `val_words` whether the audio tower generalises to unheard words through the 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import shutil
@@ -38,6 +37,7 @@ import soxr
 
 from data_tools.demo_synth import encode_flac
 from data_tools.shard_writer import ShardSet, SizedShardWriter
+from data_tools.tool_args import add_shard_output, add_speech_synthesis, tool_parser
 from mmembed.progress import progress_iter
 
 VERBS: tuple[str, ...] = ("turn", "move", "look", "jump", "point", "walk")
@@ -191,16 +191,12 @@ def make_speech_data(out_dir: str | Path, *, train_samples: int = 3000, val_samp
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.make_speech_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/speech"), help="output directory")
+    parser = tool_parser("make_speech_data", __doc__)
+    add_shard_output(parser, default_out=Path("data/speech"), samples_per_shard=500)
     parser.add_argument("--train-samples", type=int, default=3000)
     parser.add_argument("--val-samples", type=int, default=480)
     parser.add_argument("--val-word-samples", type=int, default=240)
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--samples-per-shard", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="concurrent espeak-ng processes")
+    add_speech_synthesis(parser)
     args = parser.parse_args(argv)
     try:
         info = make_speech_data(args.out, train_samples=args.train_samples, val_samples=args.val_samples,

@@ -20,13 +20,13 @@ homophone of a train word (tests/test_speech_words.py checks it).
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from data_tools.make_speech_data import EspeakMissing, espeak_path, write_split
+from data_tools.tool_args import add_shard_output, add_speech_synthesis, tool_parser
 
 
 def _words(block: str) -> tuple[str, ...]:
@@ -169,18 +169,14 @@ def make_speech_words(out_dir: str | Path, *, train_words: int = len(TRAIN_WORDS
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.make_speech_words", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/speech_words"), help="output directory")
+    parser = tool_parser("make_speech_words", __doc__)
+    add_shard_output(parser, default_out=Path("data/speech_words"), samples_per_shard=500)
     parser.add_argument("--train-words", type=int, default=len(TRAIN_WORDS), help="a smaller set: fewer words")
     parser.add_argument("--eval-words", type=int, default=len(HEARD_EVAL_WORDS),
                         help="classes of each evaluation split (heard and unheard)")
     parser.add_argument("--train-clips-per-word", type=int, default=8)
     parser.add_argument("--eval-clips-per-word", type=int, default=4)
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--samples-per-shard", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="concurrent espeak-ng processes")
+    add_speech_synthesis(parser)
     args = parser.parse_args(argv)
     try:
         info = make_speech_words(args.out, train_words=args.train_words, eval_words=args.eval_words,

@@ -19,6 +19,7 @@ from types import TracebackType
 
 import webdataset as wds
 
+from data_tools.tool_args import add_shard_output
 from mmembed.data.sources import expand_urls
 from mmembed.data.stats import SkipStats
 from mmembed.data.tar_samples import shard_samples
@@ -134,9 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         description="Rewrite existing WebDataset shards into OUT/PREFIX-%%06d.tar shards of a fixed size, "
                     "with dense global `idx` keys and OUT/sizes.json.")
     parser.add_argument("urls", nargs="+", help="input shards (brace patterns allowed)")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    add_shard_output(parser, default_out=None, samples_per_shard=1000)
     parser.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
     args = parser.parse_args(argv)
     result = reshard(args.urls, args.out, args.prefix, samples_per_shard=args.samples_per_shard)
     print(f"wrote {result.num_samples} samples in {len(result.shards)} shards: {result.pattern}")
