@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,7 +202,7 @@ def test_ddp_run_refuses_a_sharded_checkpoint(fsdp_runs: tuple[Path, Path], tmp_
     assert refused.returncode != 0, refused.stderr[-3000:]
     # Each rank refuses on its own, before any collective; the first to exit makes the launcher stop the other,
     # which may not have printed yet, so one or two lines (never a traceback), each naming the layout.
-    lines = [line for line in refused.stderr.splitlines() if line.startswith("mmembed train: error: ")]
+    lines = re.findall(r"mmembed train: error: [^\n]*", refused.stderr)
     assert 1 <= len(lines) <= 2 and all("sharded (train.sharding: fsdp)" in line for line in lines), lines
     assert "Traceback" not in refused.stderr.split("mmembed train: error: ")[0], refused.stderr[-3000:]
 
