@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-methods", nargs="+", choices=list(METHODS), default=["infonce", "lit", "cwcl"],
                         help="methods also run on the block split (a second task, not every cell: time)")
     parser.add_argument("--steps", type=int, default=150,
-                        help="steps per run (recipes/demo.yaml trains 400; 150 keeps ~45 runs near 30 min)")
+                        help="steps per run (recipes/demo.yaml trains 700; 150 keeps ~45 runs near 30 min)")
 
 
 def settings(args: argparse.Namespace) -> Settings:
