@@ -49,11 +49,12 @@ METRICS = {"zeroshot/image_heldout/top1": "held-out top-1", "zeroshot/image_all/
            "retrieval/val_image_text/image_to_text_R@5": "image→text R@5",
            "retrieval/val_image_text/text_to_image_R@5": "text→image R@5"}
 AUGMENT = {"num_augs": 5, "scale": [0.9, 1.0], "flip_prob": 0.0, "randaug_num_ops": 0}
-# (label, steps in units of N, training data): "plain" trains InfoNCE on the original shards; "distill" the
-# distill loss at --lam on the reinforced shards; "control" the same loss at λ = 0 on the same shards.
-STUDENTS: tuple[tuple[str, int, str], ...] = (
-    ("plain N", 1, "plain"), ("reinforced N", 1, "distill"), ("reinforced N, no teacher (λ = 0)", 1, "control"),
-    ("plain 2N", 2, "plain"), ("plain 4N", 4, "plain"))
+# (label, run folder, steps in units of N, training data): "plain" trains InfoNCE on the original shards;
+# "distill" the distill loss at --lam on the reinforced shards; "control" the same loss at λ = 0 on them.
+STUDENTS: tuple[tuple[str, str, int, str], ...] = (
+    ("plain N", "plain_N", 1, "plain"), ("reinforced N", "reinforced_N", 1, "distill"),
+    ("reinforced N, no teacher (λ = 0)", "reinforced_N_no_teacher", 1, "control"),
+    ("plain 2N", "plain_2N", 2, "plain"), ("plain 4N", "plain_4N", 4, "plain"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     runs = []
     for seed in seeds:
-        for label, multiple, kind in STUDENTS:
+        for label, folder, multiple, kind in STUDENTS:
             steps = multiple * n
             tree = student_tree(data_dir, steps)
             if smoke:
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lam = args.lam if kind == "distill" else 0.0
                 tree = reinforced_student(tree, out / "shards", dim, scale, lam)
             reuse = args.reuse and (kind == "plain" or build_reused)
-            result = train_run(tree, out / "runs" / f"{_folder(label)}_s{seed}", seed, reuse=reuse)
+            result = train_run(tree, out / "runs" / f"{folder}_s{seed}", seed, reuse=reuse)
             runs.append({"label": label, "steps": steps, **vars(result)})
             print(f"[reinforced] {label} seed {seed}: {result.metrics.get('zeroshot/image_heldout/top1')}",
                   flush=True)
@@ -169,11 +170,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (out / "results.md").write_text(text)
     print(text)
     return report
-
-
-def _folder(label: str) -> str:
-    """'reinforced N, no teacher (λ = 0)' -> 'reinforced_N_no_teacher_lam0'."""
-    return "_".join(label.replace("λ = ", "lam").replace(",", " ").replace("(", " ").replace(")", " ").split())
 
 
 def _chance(data_dir: Path) -> dict[str, float]:

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"mmembed {args.command}: error: {one_line(err)}\n")
         sys.stderr.flush()
         # A rank stopped by another rank's failure lets that rank print first (collective.PeerFailure).
-        time.sleep(getattr(err, "exit_grace_s", 0.0))
+        time.sleep(err.exit_grace_s)
         return 2
 
 

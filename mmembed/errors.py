@@ -17,6 +17,9 @@ from pathlib import Path
 class UserError(Exception):
     """A problem with the user's input, files or environment, described in one line."""
 
+    # Seconds the CLI waits after printing the line, before exiting (see collective.PeerFailure).
+    exit_grace_s: float = 0.0
+
 
 class UsageError(UserError, ValueError):
     """A command-line argument or API argument outside what the command accepts."""
